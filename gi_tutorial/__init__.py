@@ -1,0 +1,8 @@
+"""gi_tutorial: reference implementations for the gradient-inversion textbook.
+
+Modules: ``config`` (quick mode, seeds, device), ``data`` (datasets, offline sources),
+``models`` (victim networks), ``fl`` (the federated threat model), ``analytic``
+(closed-form leakage), ``objectives`` (gradient matching), ``priors``, ``spaces``,
+``invert`` (the one reconstruction loop), ``metrics``, ``viz`` and ``exercises``.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,188 @@
+"""The federated-learning threat model in code: what a client shares, and nothing more.
+
+In FedSGD (McMahan et al., 2017) each client computes the gradient of its loss on one
+private batch and sends it to the server, which averages the updates and takes a step.
+The attacker of this book is an honest-but-curious server: it follows the protocol, but
+it reads each :class:`SharedUpdate` together with the model it sent out, and tries to
+recover the client's images. It never sees the images themselves.
+
+What else an update carries depends on the threat model of a chapter: the batch size,
+the labels, the BatchNorm batch statistics (Yin et al., 2021). A defense is any function
+that maps a SharedUpdate to a SharedUpdate.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class SharedUpdate:
+    """What one client sends to the server in one FedSGD round.
+
+    Attributes:
+        gradients: the gradient of the client's mean loss, one tensor per trainable
+            parameter, in the order of ``model.parameters()``.
+        batch_size: number of images behind the gradient, if the protocol shares it.
+        labels: the batch's labels ``(B,)``, if the threat model shares them.
+        bn_statistics: per BatchNorm layer (in module order), the ``(mean, var)`` of its
+            input over the batch, if the threat model shares them.
+    """
+
+    gradients: tuple[torch.Tensor, ...]
+    batch_size: int | None = None
+    labels: torch.Tensor | None = None
+    bn_statistics: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+
+    @property
+    def num_values(self) -> int:
+        """How many numbers the update holds (the equations an attacker can use)."""
+        return sum(g.numel() for g in self.gradients)
+
+    def check_matches(self, model: nn.Module) -> None:
+        """Raise ValueError unless there is one gradient per trainable parameter, of its shape."""
+        params = trainable_parameters(model)
+        if len(self.gradients) != len(params):
+            raise ValueError(
+                f"the update holds {len(self.gradients)} gradient tensors but the model has "
+                f"{len(params)} trainable parameters: was it computed on a different model?"
+            )
+        for i, (g, (name, p)) in enumerate(zip(self.gradients, _named_trainable(model))):
+            if g.shape != p.shape:
+                raise ValueError(
+                    f"gradient {i} has shape {tuple(g.shape)} but parameter {name!r} has shape "
+                    f"{tuple(p.shape)}: the update does not match the model"
+                )
+
+    def replace(self, **changes) -> "SharedUpdate":
+        """A copy with some fields changed (defenses use this)."""
+        return replace(self, **changes)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters a client computes gradients for, in ``model.parameters()`` order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def check_batch(images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    """Raise ValueError unless ``images`` is (B, C, H, W) floating point and ``labels`` is (B,) integer."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {shape}")
+    if labels is not None:
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
+            raise ValueError(
+                f"labels must be an integer tensor of shape ({images.shape[0]},) to match the images, "
+                f"got {labels.dtype} {tuple(labels.shape)}"
+            )
+
+
+def batch_gradients(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    create_graph: bool = False,
+    record_bn: bool = False,
+) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Gradient of the mean cross-entropy on a batch, w.r.t. every trainable parameter.
+
+    This is the computation a client runs, and the one an attacker differentiates
+    through (``create_graph=True``) to match a shared gradient.
+
+    Returns:
+        the gradients (one per trainable parameter) and, if ``record_bn``, the
+        ``(mean, var)`` of each BatchNorm layer's input over the batch.
+    """
+    bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] = []
+    handles = []
+    if record_bn:
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            x = inputs[0]
+            dims = [0] + list(range(2, x.ndim))
+            bn_statistics.append((x.mean(dims), x.var(dims, unbiased=False)))
+
+        handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    try:
+        loss = F.cross_entropy(model(images), labels)
+    finally:
+        for h in handles:
+            h.remove()
+    grads = torch.autograd.grad(loss, trainable_parameters(model), create_graph=create_graph)
+    return grads, bn_statistics
+
+
+def client_update(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    share_batch_size: bool = True,
+    share_labels: bool = False,
+    share_bn_statistics: bool = False,
+    defense: Callable[[SharedUpdate], SharedUpdate] | None = None,
+) -> SharedUpdate:
+    """One FedSGD client step: the gradient of the mean loss on a private batch, as shared.
+
+    The model is used in the mode it is in (train or eval), as the protocol says; a copy
+    runs the batch, so the server's model (and its BatchNorm running statistics) is not
+    changed.
+
+    Args:
+        model: the global model the server sent.
+        images: the client's private batch, ``(B, C, H, W)``.
+        labels: its labels, ``(B,)``.
+        share_batch_size, share_labels, share_bn_statistics: what the threat model lets
+            the server see besides the gradient.
+        defense: applied to the update before it leaves the client.
+
+    Raises:
+        ValueError: images or labels of the wrong shape or type.
+    """
+    check_batch(images, labels)
+    local = copy.deepcopy(model)
+    grads, bn_statistics = batch_gradients(local, images, labels, record_bn=share_bn_statistics)
+    update = SharedUpdate(
+        gradients=tuple(g.detach() for g in grads),
+        batch_size=images.shape[0] if share_batch_size else None,
+        labels=labels.detach().clone() if share_labels else None,
+        bn_statistics=tuple((m.detach(), v.detach()) for m, v in bn_statistics) if share_bn_statistics else None,
+    )
+    return defense(update) if defense is not None else update
+
+
+def server_step(model: nn.Module, updates: Sequence[SharedUpdate], lr: float) -> None:
+    """FedSGD's server: average the clients' gradients (weighted by batch size) and take an SGD step.
+
+    Raises:
+        ValueError: no updates, an update without a batch size, or one that does not match the model.
+    """
+    for u in updates:
+        u.check_matches(model)
+    with torch.no_grad():
+        for p, g in zip(trainable_parameters(model), average_gradients(updates)):
+            p -= lr * g
+
+
+def average_gradients(updates: Sequence[SharedUpdate]) -> tuple[torch.Tensor, ...]:
+    """The clients' gradients averaged with weights proportional to their batch sizes.
+
+    This is the gradient of the mean loss over all the clients' images together.
+
+    Raises:
+        ValueError: no updates, or an update without a batch size.
+    """
+    if not updates:
+        raise ValueError("need at least one update to average")
+    if any(u.batch_size is None for u in updates):
+        raise ValueError("weighted averaging needs every update's batch size (share_batch_size=True)")
+    total = sum(u.batch_size for u in updates)
+    return tuple(sum(u.batch_size / total * u.gradients[i] for u in updates) for i in range(len(updates[0].gradients)))

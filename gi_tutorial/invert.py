@@ -1,0 +1,251 @@
+"""The one reconstruction loop: find images whose gradient matches a shared update.
+
+Every attack in the book is a call to :func:`reconstruct` with a different search space
+(pixels, a generator's latent code, its weights, both) and different priors:
+
+.. math::
+    \\phi^* = \\arg\\min_\\phi\\; d\\big(\\nabla_\\theta L(f_\\theta(P(\\phi)), y),\\; g^*\\big)
+              + \\sum_k R_k(P(\\phi))
+
+- DLG (Zhu et al., 2019): pixel space, L2 distance, L-BFGS.
+- Inverting Gradients (Geiping et al., 2020): pixel space, cosine distance, total
+  variation, Adam on the sign of the gradient, step decay, restarts.
+
+The attacker reads only the :class:`~gi_tutorial.fl.SharedUpdate` and the model.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .analytic import recover_label
+from .config import is_quick
+from .fl import SharedUpdate, batch_gradients
+from .objectives import Distance, gradient_distance
+from .priors import Prior, PriorContext
+from .spaces import PixelSpace, Space
+
+
+@dataclass
+class Snapshot:
+    """The batch at one iteration of one trial, for history figures."""
+
+    iteration: int
+    images: torch.Tensor  # (B, C, H, W)
+    grad_loss: float
+
+
+@dataclass
+class Trial:
+    """One restart: where it ended and how it got there."""
+
+    images: torch.Tensor  # (B, C, H, W), detached
+    grad_loss: float  # gradient distance of the final images (priors excluded)
+    losses: list[float]  # total loss at every iteration
+    history: list[Snapshot]
+    state: dict[str, torch.Tensor]  # the space's variables at the end
+    diverged: bool = False  # the loss became NaN/inf; images are the last finite iterate
+
+
+@dataclass
+class Reconstruction:
+    """The result of :func:`reconstruct`: the best trial (lowest gradient distance) and all trials."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    grad_loss: float
+    best: int
+    trials: list[Trial]
+    seconds: float
+    iterations: int
+
+    @property
+    def history(self) -> list[Snapshot]:
+        return self.trials[self.best].history
+
+    @property
+    def ms_per_iteration(self) -> float:
+        return 1000 * self.seconds / max(1, self.iterations)
+
+
+def show_progress() -> bool:
+    """Progress bars are on unless in quick mode or ``GI_TUTORIAL_PROGRESS=0``."""
+    return not is_quick() and os.environ.get("GI_TUTORIAL_PROGRESS", "1") != "0"
+
+
+def resolve_labels(update: SharedUpdate, model: nn.Module, labels: torch.Tensor | None) -> torch.Tensor:
+    """The labels the attacker uses: given, shared in the update, or (one image) recovered by iDLG.
+
+    Raises:
+        ValueError: a batch of more than one image without labels.
+    """
+    if labels is not None:
+        return labels
+    if update.labels is not None:
+        return update.labels
+    if update.batch_size == 1:
+        return recover_label(update, model)
+    raise ValueError(
+        "the attack needs labels for a batch of more than one image: share them in the update "
+        "(client_update(..., share_labels=True)), pass labels=..., or recover them with "
+        "gi_tutorial.analytic.recover_labels (exact when the labels are unique)"
+    )
+
+
+def reconstruct(
+    update: SharedUpdate,
+    model: nn.Module,
+    space: Space | None = None,
+    *,
+    labels: torch.Tensor | None = None,
+    image_shape: tuple[int, int, int] | None = None,
+    priors: Sequence[Prior] = (),
+    distance: Distance = "l2",
+    layer_weights: Sequence[float] | None = None,
+    optimizer: Literal["adam", "lbfgs"] = "adam",
+    lr: float = 0.1,
+    num_iters: int = 1000,
+    signed: bool = False,
+    lr_decay: bool = False,
+    restarts: int = 1,
+    lbfgs_max_iter: int = 20,
+    history_every: int | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> Reconstruction:
+    """Invert a shared update: optimise a space so that its images' gradient matches the update.
+
+    Args:
+        update: what the client shared.
+        model: the model the client computed the update on, in the same train/eval mode.
+            A copy is attacked, so the caller's model is not changed.
+        space: where to search; default :class:`~gi_tutorial.spaces.PixelSpace` with
+            ``image_shape`` and the update's batch size.
+        labels: the labels to use; else the update's, else iDLG for one image.
+        image_shape: ``(C, H, W)``, needed only for the default pixel space.
+        priors: penalties added to the loss (each includes its weight).
+        distance: ``"l2"`` (DLG) or ``"cosine"`` (Geiping et al.).
+        layer_weights: per-tensor weights of the distance.
+        optimizer: ``"adam"`` or ``"lbfgs"`` (one iteration = one L-BFGS step of up to
+            ``lbfgs_max_iter`` function evaluations, as in DLG).
+        lr: learning rate.
+        num_iters: iterations per restart.
+        signed: step on the sign of the gradient (Adam only), as in Geiping et al.
+        lr_decay: multiply the learning rate by 0.1 at 3/8, 5/8 and 7/8 of the run.
+        restarts: independent trials from different random starts; the one with the
+            lowest final gradient distance is returned, and all are kept in ``trials``.
+        history_every: keep a snapshot every this many iterations (default: 10 per trial).
+        seed: seed of the random starts (trial ``k`` uses ``seed + k``).
+        progress: show a tqdm bar (default: :func:`show_progress`).
+
+    Raises:
+        ValueError: the update does not match the model, a space whose batch size differs
+            from the update's, a missing image shape or labels, or a bad option.
+    """
+    update.check_matches(model)
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
+    if signed and optimizer != "adam":
+        raise ValueError("signed gradients are only defined for the Adam optimizer")
+    if num_iters < 1 or restarts < 1:
+        raise ValueError(f"num_iters and restarts must be at least 1, got {num_iters} and {restarts}")
+    device = next(model.parameters()).device
+    if space is None:
+        if image_shape is None or update.batch_size is None:
+            raise ValueError("the default pixel space needs image_shape=(C, H, W) and a shared batch size")
+        space = PixelSpace((update.batch_size, *image_shape), device=device)
+    if update.batch_size is not None and space.batch_size != update.batch_size:
+        raise ValueError(f"the space reconstructs {space.batch_size} images but the update comes from {update.batch_size}")
+    labels = resolve_labels(update, model, labels).to(device)
+    if labels.shape != (space.batch_size,):
+        raise ValueError(f"labels must have shape ({space.batch_size},), got {tuple(labels.shape)}")
+
+    model = copy.deepcopy(model)  # train-mode BatchNorm updates running stats: keep the caller's model intact
+    target = [g.to(device) for g in update.gradients]
+    record_bn = any(getattr(p, "needs_bn_statistics", False) for p in priors)
+    history_every = history_every or max(1, num_iters // 10)
+    progress = show_progress() if progress is None else progress
+
+    def loss_fn(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        grads, bn_statistics = batch_gradients(model, images, labels, create_graph=True, record_bn=record_bn)
+        grad_loss = gradient_distance(grads, target, distance, layer_weights)
+        context = PriorContext(space=space, bn_statistics=bn_statistics)
+        total = grad_loss + sum((prior(images, context) for prior in priors), torch.zeros((), device=device))
+        return total, grad_loss
+
+    trials = []
+    start = time.perf_counter()
+    bar = tqdm(total=restarts * num_iters, disable=not progress, desc="reconstruct", leave=False)
+    for trial_index in range(restarts):
+        trials.append(_run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs_max_iter,
+                                 history_every, torch.Generator().manual_seed(seed + trial_index), bar))
+    bar.close()
+    seconds = time.perf_counter() - start
+    best = min(range(restarts), key=lambda k: trials[k].grad_loss)
+    return Reconstruction(images=trials[best].images, labels=labels.detach().cpu(), grad_loss=trials[best].grad_loss,
+                          best=best, trials=trials, seconds=seconds, iterations=restarts * num_iters)
+
+
+def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs_max_iter,
+               history_every, generator, bar) -> Trial:
+    variables = space.init(generator)
+    if optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=lr)
+    else:
+        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=lbfgs_max_iter, history_size=100)
+    milestones = [round(num_iters * f) for f in (3 / 8, 5 / 8, 7 / 8)] if lr_decay else []
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+
+    last = {}
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        total, grad_loss = loss_fn(space.images())
+        total.backward(inputs=variables)  # only the space's variables need .grad, not the model's
+        last["grad_loss"] = grad_loss.item()
+        return total
+
+    losses: list[float] = []
+    history: list[Snapshot] = []
+    with torch.no_grad():
+        last_good = space.images().detach().clone()
+    diverged = False
+    for it in range(num_iters):
+        if optimizer == "adam":
+            total = closure()
+            if signed:
+                for v in variables:
+                    v.grad.sign_()
+            opt.step()
+        else:
+            total = opt.step(closure)
+        space.project()
+        scheduler.step()
+        loss = float(total.detach())
+        with torch.no_grad():
+            current = space.images().detach().clone()
+        if not math.isfinite(loss) or not torch.isfinite(current).all():
+            diverged = True
+            break
+        losses.append(loss)
+        if it % history_every == 0:
+            history.append(Snapshot(it, current.cpu(), last["grad_loss"]))
+        last_good = current
+        bar.update(1)
+
+    images = last_good
+    final_grad_loss = float(loss_fn(images)[1])  # rank trials by the distance of their final images
+    if not math.isfinite(final_grad_loss):
+        final_grad_loss = math.inf
+    history.append(Snapshot(len(losses), images.cpu().clone(), final_grad_loss))
+    return Trial(images=images.cpu(), grad_loss=final_grad_loss, losses=losses, history=history,
+                 state=space.state() if not diverged else {}, diverged=diverged)
+

@@ -1,0 +1,217 @@
+"""How close a reconstruction is to the truth: PSNR, SSIM, LPIPS, after matching the batch.
+
+A batch gradient is an average, so it does not say which reconstructed image is which:
+:func:`match_batch` pairs reconstructions with true images (Hungarian algorithm on the
+mean squared error) before any score is computed.
+
+- PSNR and SSIM come from torchmetrics (SSIM with an 11x11 Gaussian window, sigma 1.5,
+  as in Wang et al., 2004), on images in [0, 1].
+- LPIPS (Zhang et al., 2018) needs ImageNet AlexNet weights, which torchvision downloads
+  (233 MB). :func:`load_lpips` loads them where they can be had (online, or cached in
+  ``$TORCH_HOME/hub/checkpoints``) and otherwise returns an :class:`LPIPSMetric` whose
+  ``available`` is False and whose ``reason`` says why: tables then say "not computed".
+  A random backbone is never substituted.
+- Above about 40 dB a reconstruction is a numerical copy; means over such copies say
+  little, so :func:`summarize` also reports PSNR capped at 40 dB and the share of images
+  above a threshold.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from .data import socket_timeout
+
+PSNR_CAP = 40.0
+PSNR_EXACT = 100.0  # an exact copy (PSNR inf in float32) counts as this in a plain mean
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
+
+
+def _check_pair(reconstruction: torch.Tensor, truth: torch.Tensor) -> None:
+    if reconstruction.ndim != 4 or reconstruction.shape != truth.shape:
+        raise ValueError(
+            "reconstruction and truth must both be (B, C, H, W) and of the same shape, got "
+            f"{tuple(reconstruction.shape)} and {tuple(truth.shape)}"
+        )
+
+
+def psnr(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1], ``(B,)``; an exact copy gives inf.
+
+    >>> x = torch.zeros(1, 1, 4, 4)
+    >>> round(psnr(x + 0.1, x).item(), 4)
+    20.0
+    """
+    _check_pair(reconstruction, truth)
+    return peak_signal_noise_ratio(reconstruction.detach().float(), truth.detach().float(), data_range=1.0,
+                                   reduction="none", dim=(1, 2, 3))
+
+
+def ssim(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-image SSIM (Gaussian window, sigma 1.5) for images in [0, 1], ``(B,)``."""
+    _check_pair(reconstruction, truth)
+    return structural_similarity_index_measure(reconstruction.detach().float(), truth.detach().float(),
+                                               data_range=1.0, reduction="none")
+
+
+def match_batch(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """The order of the reconstruction that best matches the truth: ``reconstruction[order]`` pairs with ``truth``.
+
+    >>> truth = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    >>> match_batch(truth.flip(0), truth).tolist()
+    [1, 0]
+    """
+    _check_pair(reconstruction, truth)
+    r = reconstruction.detach().flatten(1).double()
+    t = truth.detach().flatten(1).double()
+    cost = torch.cdist(t, r).pow(2).numpy()  # (truth, reconstruction)
+    _, columns = linear_sum_assignment(cost)
+    return torch.as_tensor(columns, dtype=torch.int64)
+
+
+class LPIPSMetric:
+    """LPIPS with the AlexNet backbone, or an explicit "not computed" when the weights are missing."""
+
+    def __init__(self, model: torch.nn.Module | None, reason: str = ""):
+        self.model = model
+        self.reason = reason
+
+    @property
+    def available(self) -> bool:
+        return self.model is not None
+
+    @torch.no_grad()
+    def __call__(self, reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor | None:
+        """Per-image LPIPS ``(B,)`` (lower is closer), or None when not available."""
+        if self.model is None:
+            return None
+        _check_pair(reconstruction, truth)
+        device = next(self.model.parameters()).device
+        r, t = reconstruction.to(device).float(), truth.to(device).float()
+        if r.shape[1] == 1:  # the backbone expects RGB
+            r, t = r.expand(-1, 3, -1, -1), t.expand(-1, 3, -1, -1)
+        return self.model(r, t, normalize=True).flatten().cpu()  # normalize: [0, 1] -> [-1, 1]
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def alexnet_checkpoint_path(checkpoint_dir: str | os.PathLike | None = None) -> Path:
+    """Where torchvision caches the AlexNet weights (``$TORCH_HOME/hub/checkpoints`` by default)."""
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else Path(torch.hub.get_dir()) / "checkpoints"
+    return folder / Path(ALEXNET_URL).name
+
+
+def load_lpips(
+    allow_download: bool = True,
+    checkpoint_dir: str | os.PathLike | None = None,
+    verify_hash: bool = True,
+) -> LPIPSMetric:
+    """LPIPS (AlexNet) if its ImageNet backbone can be had, else a metric that says why not.
+
+    Args:
+        allow_download: fetch the backbone (233 MB) when it is not cached; a socket
+            timeout makes this fail fast offline.
+        checkpoint_dir: folder of the cached ``alexnet-owt-7be5be79.pth``.
+        verify_hash: check the file's sha256 prefix (``7be5be79``, part of its name).
+
+    Raises:
+        ValueError: a cached file whose hash does not match (it is corrupt or not AlexNet).
+    """
+    path = alexnet_checkpoint_path(checkpoint_dir)
+    if not path.exists():
+        if not allow_download:
+            return LPIPSMetric(None, f"LPIPS not computed: the AlexNet weights are not cached at {path}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with socket_timeout():
+                torch.hub.download_url_to_file(ALEXNET_URL, str(path), hash_prefix=path.stem.split("-")[-1],
+                                               progress=False)
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return LPIPSMetric(None, f"LPIPS not computed: the AlexNet weights could not be downloaded ({reason})")
+    if verify_hash:
+        prefix = path.stem.split("-")[-1]
+        actual = sha256_of(path)
+        if not actual.startswith(prefix):
+            raise ValueError(f"{path} has sha256 {actual[:16]}..., expected a digest starting with {prefix}: "
+                             "the file is corrupt or not torchvision's AlexNet; delete it and download again")
+    return LPIPSMetric(_build_lpips(torch.load(path, map_location="cpu", weights_only=True)))
+
+
+def _build_lpips(alexnet_state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """lpips' network with its shipped linear layers and the given AlexNet backbone weights."""
+    import warnings
+
+    import lpips
+    import torchvision
+
+    with warnings.catch_warnings():  # lpips 0.1.4 passes torchvision's deprecated `pretrained` flag
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)  # random trunk, replaced below
+    alexnet = torchvision.models.alexnet(weights=None)
+    alexnet.load_state_dict(alexnet_state)
+    for block in (model.net.slice1, model.net.slice2, model.net.slice3, model.net.slice4, model.net.slice5):
+        for name, layer in block.named_children():
+            layer.load_state_dict(alexnet.features[int(name)].state_dict())
+    return model.eval()
+
+
+@dataclass
+class Scores:
+    """Per-image scores of a matched batch; ``lpips`` is None when not computed."""
+
+    psnr: torch.Tensor
+    ssim: torch.Tensor
+    lpips: torch.Tensor | None
+    order: torch.Tensor  # reconstruction[order] pairs with truth
+
+
+def evaluate(
+    reconstruction: torch.Tensor,
+    truth: torch.Tensor,
+    lpips_metric: LPIPSMetric | None = None,
+    match: bool = True,
+) -> Scores:
+    """Match the batch (unless ``match=False``), then score every image."""
+    reconstruction = reconstruction.detach().cpu().clamp(0, 1)
+    truth = truth.detach().cpu()
+    order = match_batch(reconstruction, truth) if match else torch.arange(len(truth))
+    matched = reconstruction[order]
+    return Scores(
+        psnr=psnr(matched, truth),
+        ssim=ssim(matched, truth),
+        lpips=lpips_metric(matched, truth) if lpips_metric is not None else None,
+        order=order,
+    )
+
+
+def summarize(scores: Scores, cap: float = PSNR_CAP, threshold: float = 30.0) -> dict[str, float | None]:
+    """Batch means: PSNR (exact copies count as 100 dB), PSNR capped at ``cap``, share of images above ``threshold`` dB, SSIM, LPIPS."""
+    p = scores.psnr.double()
+    return {
+        "psnr": float(p.clamp(max=PSNR_EXACT).mean()),
+        "psnr_capped": float(p.clamp(max=cap).mean()),
+        "share_above": float((p > threshold).double().mean()),
+        "ssim": float(scores.ssim.mean()),
+        "lpips": float(scores.lpips.mean()) if scores.lpips is not None else None,
+    }
+
+
+def mean_of(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Average a list of :func:`summarize` results key by key (None stays None)."""
+    keys = rows[0].keys()
+    return {k: (None if any(r[k] is None for r in rows) else float(np.mean([r[k] for r in rows]))) for k in keys}

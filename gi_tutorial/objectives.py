@@ -1,0 +1,72 @@
+"""Gradient matching: how far a candidate's gradient is from the shared one.
+
+- ``"l2"``: the squared Euclidean distance summed over layers, as in DLG (Zhu et al., 2019).
+- ``"cosine"``: one minus the cosine similarity of all layers' gradients concatenated,
+  as in Geiping et al. (2020); it ignores the gradient's scale, which a trained model
+  or a noisy update changes, and matches its direction.
+
+``layer_weights`` weighs (or, with zeros, selects) layers; by default all count equally.
+"""
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import torch
+
+Distance = Literal["l2", "cosine"]
+
+
+def check_gradients(candidate: Sequence[torch.Tensor], target: Sequence[torch.Tensor]) -> None:
+    """Raise ValueError unless the two gradient lists have the same length and shapes."""
+    if len(candidate) != len(target):
+        raise ValueError(
+            f"gradient lists differ in length: {len(candidate)} candidate tensors vs {len(target)} shared; "
+            "they must come from the same model"
+        )
+    for i, (c, t) in enumerate(zip(candidate, target)):
+        if c.shape != t.shape:
+            raise ValueError(f"gradient {i} has shape {tuple(c.shape)} in the candidate but {tuple(t.shape)} in the shared update")
+
+
+def gradient_distance(
+    candidate: Sequence[torch.Tensor],
+    target: Sequence[torch.Tensor],
+    kind: Distance = "l2",
+    layer_weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    r"""Distance between two lists of per-parameter gradients.
+
+    .. math::
+        d_{\ell_2} = \sum_l w_l \lVert g_l - g^*_l \rVert^2, \qquad
+        d_{\cos} = 1 - \frac{\sum_l w_l \langle g_l, g^*_l \rangle}
+                           {\sqrt{\sum_l w_l \lVert g_l\rVert^2}\sqrt{\sum_l w_l \lVert g^*_l\rVert^2}}
+
+    Args:
+        candidate: gradients of the attacker's current guess (differentiable).
+        target: the shared gradients.
+        kind: ``"l2"`` or ``"cosine"``.
+        layer_weights: one non-negative weight per tensor; None means all 1.
+
+    Raises:
+        ValueError: lists that do not match, an unknown kind, or wrong number of weights.
+
+    >>> g = [torch.ones(2, 2), torch.ones(3)]
+    >>> float(gradient_distance(g, [torch.zeros(2, 2), torch.ones(3)]))
+    4.0
+    >>> round(float(gradient_distance(g, [2 * x for x in g], kind="cosine")), 6)
+    0.0
+    """
+    check_gradients(candidate, target)
+    if layer_weights is None:
+        layer_weights = [1.0] * len(target)
+    elif len(layer_weights) != len(target):
+        raise ValueError(f"need one layer weight per gradient tensor ({len(target)}), got {len(layer_weights)}")
+    pairs = [(w, c, t) for w, c, t in zip(layer_weights, candidate, target) if w != 0]
+    if kind == "l2":
+        return sum(w * (c - t).pow(2).sum() for w, c, t in pairs)
+    if kind == "cosine":
+        dot = sum(w * (c * t).sum() for w, c, t in pairs)
+        norm_c = sum(w * c.pow(2).sum() for w, c, _ in pairs)
+        norm_t = sum(w * t.pow(2).sum() for w, _, t in pairs)
+        return 1 - dot / (norm_c.sqrt() * norm_t.sqrt()).clamp_min(1e-12)
+    raise ValueError(f"unknown gradient distance {kind!r}; expected 'l2' or 'cosine'")

@@ -1,0 +1,159 @@
+"""Figures, tables and widgets for the book. Plotting lives here and nowhere else.
+
+Every interactive widget has a static twin (a figure) so the printed book shows the same
+content; :func:`glue` publishes numbers to the prose through myst-nb when it is present.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+
+from .invert import Snapshot
+
+
+def _as_image(x: torch.Tensor):
+    """(C, H, W) in [0, 1] -> an array imshow understands."""
+    x = x.detach().cpu().clamp(0, 1)
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _draw(ax, image: torch.Tensor, title: str | None = None) -> None:
+    ax.imshow(_as_image(image), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
+
+
+def show_images(
+    images: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    size: float = 1.4,
+    suptitle: str | None = None,
+) -> plt.Figure:
+    """A grid of images ``(N, C, H, W)`` in [0, 1], with optional per-image titles."""
+    n = len(images)
+    ncols = ncols or min(n, 10)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if suptitle else 0)),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i < n:
+            _draw(ax, images[i], titles[i] if titles else None)
+        else:
+            ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def compare_rows(
+    rows: Sequence[torch.Tensor],
+    row_labels: Sequence[str],
+    titles: Sequence[Sequence[str]] | None = None,
+    size: float = 1.4,
+) -> plt.Figure:
+    """Batches side by side, one per row (e.g. truth, then each method's reconstruction)."""
+    ncols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(size * ncols + 1.0, size * len(rows)), squeeze=False)
+    for r, (batch, label) in enumerate(zip(rows, row_labels)):
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c < len(batch):
+                _draw(ax, batch[c], titles[r][c] if titles else None)
+            else:
+                ax.axis("off")
+        axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history: Sequence[Snapshot], image_index: int = 0, max_columns: int = 8,
+                 truth: torch.Tensor | None = None, size: float = 1.4) -> plt.Figure:
+    """How one image of the batch evolved over a run: snapshots with their gradient distance."""
+    step = max(1, math.ceil(len(history) / max_columns))
+    shown = list(history[::step])
+    if shown[-1] is not history[-1]:
+        shown.append(history[-1])
+    panels = [(s.images[image_index], f"it {s.iteration}\nd={s.grad_loss:.2g}") for s in shown]
+    if truth is not None:
+        panels.append((truth, "truth"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.4), squeeze=False)
+    for ax, (image, title) in zip(axes[0], panels):
+        _draw(ax, image, title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: dict[str, Sequence[float]], xlabel: str = "iteration", ylabel: str = "loss",
+                log: bool = True, size: tuple[float, float] = (5.0, 3.0)) -> plt.Figure:
+    """Line plot of several named curves (e.g. the loss of each restart)."""
+    fig, ax = plt.subplots(figsize=size)
+    for name, values in curves.items():
+        ax.plot(list(values), label=name)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def history_slider(history: Sequence[Snapshot]):
+    """An ipywidgets slider over a run's snapshots (all images of the batch at that iteration)."""
+    import ipywidgets as widgets
+
+    output = widgets.Output()
+    slider = widgets.IntSlider(value=len(history) - 1, min=0, max=len(history) - 1, description="snapshot",
+                               continuous_update=False)
+
+    def draw(change: Any = None) -> None:
+        snapshot = history[slider.value]
+        with output:
+            output.clear_output(wait=True)
+            fig = show_images(snapshot.images, suptitle=f"iteration {snapshot.iteration}, "
+                                                        f"gradient distance {snapshot.grad_loss:.3g}")
+            plt.show(fig)
+
+    slider.observe(draw, names="value")
+    draw()
+    return widgets.VBox([slider, output])
+
+
+def format_value(value: Any, fmt: str = "{:.2f}") -> str:
+    """A table cell: numbers formatted, None as "not computed", inf as "inf"."""
+    if value is None:
+        return "not computed"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return fmt.format(value)
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str],
+                   formats: dict[str, str] | None = None):
+    """A Markdown table (an IPython ``Markdown`` object) of ``rows``; ``columns`` maps keys to headers."""
+    from IPython.display import Markdown
+
+    formats = formats or {}
+    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(format_value(row.get(k), formats.get(k, "{:.2f}")) for k in columns) + " |")
+    return Markdown("\n".join(lines))
+
+
+def glue(name: str, value: Any, display: bool = False) -> None:
+    """Publish a value to the book's prose with myst-nb's glue (a no-op where myst-nb is absent, e.g. Colab)."""
+    try:
+        from myst_nb import glue as myst_glue
+    except ImportError:
+        return
+    myst_glue(name, value, display=display)
