@@ -242,7 +242,7 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
         bar.update(1)
 
     images = last_good
-    final_grad_loss = float(loss_fn(images)[1])  # rank trials by the distance of their final images
+    final_grad_loss = float(loss_fn(images)[1].detach())  # rank trials by the distance of their final images
     if not math.isfinite(final_grad_loss):
         final_grad_loss = math.inf
     history.append(Snapshot(len(losses), images.cpu().clone(), final_grad_loss))

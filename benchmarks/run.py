@@ -1,0 +1,110 @@
+"""Print the book's speed figures: seconds per chapter, ms per inversion step, overhead ratio.
+
+    python benchmarks/run.py                 # everything (several minutes)
+    python benchmarks/run.py --steps         # only the per-step figures
+    python benchmarks/run.py --chapters      # only the chapter runtimes (full and quick mode)
+
+The overhead ratio compares one iteration of ``invert.reconstruct`` with a bare
+forward + double-backward + Adam step written inline on the same model and batch; the
+two are interleaved in one process (median of several rounds) so that machine load
+affects both alike. Timings are on one thread, as the book runs (config.set_threads()).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gi_tutorial import config, fl, invert, models, objectives  # noqa: E402
+
+
+def bare_steps(model: torch.nn.Module, update: fl.SharedUpdate, labels: torch.Tensor, shape, num_iters: int) -> float:
+    """Seconds for ``num_iters`` hand-written gradient-matching steps (the reference cost)."""
+    x = torch.rand(shape, requires_grad=True)
+    opt = torch.optim.Adam([x], lr=0.1)
+    params = [p for p in model.parameters() if p.requires_grad]
+    start = time.perf_counter()
+    for _ in range(num_iters):
+        opt.zero_grad()
+        grads = torch.autograd.grad(F.cross_entropy(model(x), labels), params, create_graph=True)
+        loss = sum((g - t).pow(2).sum() for g, t in zip(grads, update.gradients))
+        loss.backward(inputs=[x])
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(0, 1)
+    return time.perf_counter() - start
+
+
+def library_steps(model, update, labels, shape, num_iters: int) -> float:
+    run = invert.reconstruct(update, model, labels=labels, image_shape=shape[1:], num_iters=num_iters,
+                             optimizer="adam", lr=0.1, distance="l2", progress=False)
+    return run.seconds
+
+
+def step_figures(name: str, batch_size: int, num_iters: int, rounds: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = models.build_model(name)
+    model.train()
+    shape = (batch_size, 3, 32, 32)
+    x = torch.rand(shape)
+    labels = torch.arange(batch_size) % 10
+    update = fl.client_update(model, x, labels, share_labels=True)
+    library_steps(model, update, labels, shape, 2)  # warm-up
+    bare_steps(model, update, labels, shape, 2)
+    lib, bare = [], []
+    for _ in range(rounds):
+        lib.append(library_steps(model, update, labels, shape, num_iters) / num_iters)
+        bare.append(bare_steps(model, update, labels, shape, num_iters) / num_iters)
+    return {"library_ms": 1000 * statistics.median(lib), "bare_ms": 1000 * statistics.median(bare),
+            "ratio": statistics.median(a / b for a, b in zip(lib, bare))}
+
+
+def chapter_seconds(notebook: Path, quick: bool) -> float:
+    """Wall time to execute a notebook top to bottom in a fresh kernel."""
+    env = dict(os.environ, GI_TUTORIAL_QUICK="1" if quick else "0", GI_TUTORIAL_PROGRESS="0")
+    code = ("import nbformat, nbclient, sys; nb = nbformat.read(sys.argv[1], 4); "
+            "nbclient.NotebookClient(nb, timeout=3600, kernel_name='python3', "
+            "resources={'metadata': {'path': sys.argv[2]}}).execute()")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(notebook), str(notebook.parent)], env=env, check=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", action="store_true", help="only the per-step figures")
+    parser.add_argument("--chapters", action="store_true", help="only the chapter runtimes")
+    args = parser.parse_args()
+    both = not (args.steps or args.chapters)
+    config.set_threads()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores")
+    if args.steps or both:
+        print("\nms per inversion step (Adam, L2 matching), library loop vs bare double-backprop step:")
+        for name, b, iters, rounds in (("lenet", 1, 200, 5), ("resnet18", 4, 5, 3)):
+            f = step_figures(name, b, iters, rounds)
+            print(f"  {name:9s} batch {b}: library {f['library_ms']:8.1f} ms, bare {f['bare_ms']:8.1f} ms, "
+                  f"ratio {f['ratio']:.3f}")
+    if args.chapters or both:
+        print("\nseconds per chapter (fresh kernel, top to bottom):")
+        total = {"full": 0.0, "quick": 0.0}
+        for nb in sorted((ROOT / "book").glob("*.ipynb")):
+            quick = chapter_seconds(nb, quick=True)
+            full = chapter_seconds(nb, quick=False)
+            total["full"] += full
+            total["quick"] += quick
+            print(f"  {nb.stem:32s} full {full:7.1f} s   quick {quick:6.1f} s")
+        print(f"  {'all chapters':32s} full {total['full']:7.1f} s   quick {total['quick']:6.1f} s")
+
+
+if __name__ == "__main__":
+    main()
