@@ -61,11 +61,16 @@ def label_from_weight_gradient(weight_grad: torch.Tensor) -> int:
 
 
 def recover_labels(update: SharedUpdate, model: nn.Module, batch_size: int | None = None) -> torch.Tensor:
-    """Labels of a batch whose labels are all different: the classes with negative row sums.
+    """Labels of a batch whose labels are all different: the classes with the most negative row sums.
 
-    With ``B`` known (from the update or the argument), the ``B`` most negative rows are
-    taken; this is exact when the labels are unique, and wrong when two images share a
-    label (the row sums then cannot tell how many images a class had).
+    Each image adds ``(p - onehot(y)) a^T / B`` to the output layer's weight gradient: a
+    negative term to its own class's row, positive terms to every row it gives
+    probability to. With ``B`` known (from the update or the argument), the ``B`` most
+    negative rows are taken. This is right when no class collects much probability from
+    the other images of the batch (typical of an untrained model, whose predictions are
+    spread out); a class that the model predicts for most images can end up positive and
+    be missed. Repeated labels can never be counted: the row sums cannot say how many
+    images a class had.
 
     Returns:
         the recovered labels, sorted, as an int64 tensor.

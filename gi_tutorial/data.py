@@ -67,10 +67,10 @@ def default_root() -> Path:
 
 
 @contextlib.contextmanager
-def socket_timeout(seconds: float = DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
-    """Give every socket opened inside the block a timeout (urllib opens them without one)."""
+def socket_timeout(seconds: float | None = None) -> Iterator[None]:
+    """Give every socket opened inside the block a timeout (default ``DOWNLOAD_TIMEOUT_S``; urllib sets none)."""
     old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if seconds is None else seconds)
     try:
         yield
     finally:
@@ -191,7 +191,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
         raw = f.read()
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
 def _from_debian_fashion_mnist(split: Split, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -204,48 +204,50 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
     milestones = [round(num_iters * f) for f in (3 / 8, 5 / 8, 7 / 8)] if lr_decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
-    last = {}
+    first: dict = {}  # the first evaluation of an iteration: the current (projected) iterate
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        total, grad_loss = loss_fn(space.images())
+        images = space.images()
+        total, grad_loss = loss_fn(images)
         total.backward(inputs=variables)  # only the space's variables need .grad, not the model's
-        last["grad_loss"] = grad_loss.item()
+        if not first:
+            first.update(images=images.detach().clone(), grad_loss=grad_loss.item(), total=total.item())
         return total
 
     losses: list[float] = []
     history: list[Snapshot] = []
-    with torch.no_grad():
-        last_good = space.images().detach().clone()
     diverged = False
     for it in range(num_iters):
+        first.clear()
         if optimizer == "adam":
-            total = closure()
+            closure()
             if signed:
                 for v in variables:
                     v.grad.sign_()
             opt.step()
         else:
-            total = opt.step(closure)
-        space.project()
-        scheduler.step()
-        loss = float(total.detach())
-        with torch.no_grad():
-            current = space.images().detach().clone()
-        if not math.isfinite(loss) or not torch.isfinite(current).all():
+            opt.step(closure)
+        if not math.isfinite(first["total"]):
             diverged = True
             break
-        losses.append(loss)
+        losses.append(first["total"])
         if it % history_every == 0:
-            history.append(Snapshot(it, current.cpu(), last["grad_loss"]))
-        last_good = current
+            history.append(Snapshot(it, first["images"].cpu(), first["grad_loss"]))
+        last_good = first["images"], first["grad_loss"]
+        space.project()
+        scheduler.step()
         bar.update(1)
 
-    images = last_good
-    final_grad_loss = float(loss_fn(images)[1].detach())  # rank trials by the distance of their final images
-    if not math.isfinite(final_grad_loss):
-        final_grad_loss = math.inf
-    history.append(Snapshot(len(losses), images.cpu().clone(), final_grad_loss))
-    return Trial(images=images.cpu(), grad_loss=final_grad_loss, losses=losses, history=history,
-                 state=space.state() if not diverged else {}, diverged=diverged)
+    if diverged:  # keep the last finite iterate (or the start, cleaned, if the first one failed)
+        images, grad_loss = last_good if losses else (torch.nan_to_num(first["images"]), first["grad_loss"])
+        state: dict[str, torch.Tensor] = {}
+    else:  # one more evaluation: the distance of the final iterate, to rank trials on equal terms
+        with torch.no_grad():
+            images = space.images().detach().clone()
+        grad_loss = float(loss_fn(images)[1].detach())
+        state = space.state()
+    history.append(Snapshot(len(losses), images.cpu(), grad_loss))
+    return Trial(images=images.cpu(), grad_loss=grad_loss if math.isfinite(grad_loss) else math.inf,
+                 losses=losses, history=history, state=state, diverged=diverged)
 

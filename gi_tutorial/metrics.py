@@ -5,7 +5,9 @@ A batch gradient is an average, so it does not say which reconstructed image is 
 mean squared error) before any score is computed.
 
 - PSNR and SSIM come from torchmetrics (SSIM with an 11x11 Gaussian window, sigma 1.5,
-  as in Wang et al., 2004), on images in [0, 1].
+  as in Wang et al., 2004), on images in [0, 1]. torchmetrics averages the SSIM map over
+  the whole image, border included (reflect-padded); scikit-image averages only the
+  interior, so on 32x32 images the two differ in the third decimal.
 - LPIPS (Zhang et al., 2018) needs ImageNet AlexNet weights, which torchvision downloads
   (233 MB). :func:`load_lpips` loads them where they can be had (online, or cached in
   ``$TORCH_HOME/hub/checkpoints``) and otherwise returns an :class:`LPIPSMetric` whose

@@ -53,8 +53,8 @@ def gradient_distance(
     >>> g = [torch.ones(2, 2), torch.ones(3)]
     >>> float(gradient_distance(g, [torch.zeros(2, 2), torch.ones(3)]))
     4.0
-    >>> round(float(gradient_distance(g, [2 * x for x in g], kind="cosine")), 6)
-    0.0
+    >>> abs(float(gradient_distance(g, [2 * x for x in g], kind="cosine"))) < 1e-6
+    True
     """
     check_gradients(candidate, target)
     if layer_weights is None:
@@ -68,5 +68,5 @@ def gradient_distance(
         dot = sum(w * (c * t).sum() for w, c, t in pairs)
         norm_c = sum(w * c.pow(2).sum() for w, c, _ in pairs)
         norm_t = sum(w * t.pow(2).sum() for w, _, t in pairs)
-        return 1 - dot / (norm_c.sqrt() * norm_t.sqrt()).clamp_min(1e-12)
+        return 1 - dot / (norm_c * norm_t).clamp_min(1e-24).sqrt()  # clamp before sqrt: finite gradient at 0
     raise ValueError(f"unknown gradient distance {kind!r}; expected 'l2' or 'cosine'")

@@ -62,14 +62,14 @@ def test_negative_rows_are_always_true_labels(seed):
     assert set(torch.nonzero(row_sums < 0).flatten().tolist()) <= set(y.tolist())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "recover_labels' docstring says the rule is exact for unique labels, but a label the model predicts "
-    "confidently for the other images gets a positive row sum: here class 3 is missed and 4 returned"))
-def test_recover_labels_is_exact_for_unique_labels_counterexample():
+def test_recover_labels_can_miss_a_class_the_model_favours():
+    """The documented limit of the negative-row rule: class 3 collects probability from the other
+    images, its row sum turns positive, and another class takes its place."""
     model = models.build_model("lenet", seed=1)
     x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(17))
     y = torch.tensor([0, 9, 5, 3])
-    assert analytic.recover_labels(fl.client_update(model, x, y), model).tolist() == [0, 3, 5, 9]
+    recovered = analytic.recover_labels(fl.client_update(model, x, y), model).tolist()
+    assert 3 not in recovered and {0, 5, 9} <= set(recovered)
 
 
 def test_recover_labels_needs_the_batch_size(lenet, random_batch):

@@ -56,7 +56,7 @@ def resnet():
     return model
 
 
-def test_bn_statistics_match_a_hook_on_the_first_bn_layer(resnet, random_batch, same_state):
+def test_bn_statistics_match_a_hook_on_the_first_bn_layer(resnet, random_batch):
     x, y = random_batch(2)
     seen = []
     handle = resnet.bn1.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].detach().clone()))

@@ -93,9 +93,6 @@ def test_distance_is_differentiable(kind):
         assert torch.equal(c[0].grad, 2 * (C[0] - T[0])) and torch.equal(c[1].grad, 2 * (C[1] - T[1]))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: cosine distance has a NaN gradient when the candidate gradient is all zero "
-    "(clamp_min guards the forward division, but sqrt'(0) = inf makes the backward 0 * inf = NaN)"))
 def test_cosine_gradient_is_finite_at_a_zero_candidate():
     c = [torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)]
     d = gradient_distance(c, T, "cosine")
