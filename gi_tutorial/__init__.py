@@ -3,6 +3,7 @@
 Modules: ``config`` (quick mode, seeds, device), ``data`` (datasets, offline sources),
 ``models`` (victim networks), ``fl`` (the federated threat model), ``analytic``
 (closed-form leakage), ``objectives`` (gradient matching), ``priors``, ``spaces``,
-``invert`` (the one reconstruction loop), ``metrics``, ``viz`` and ``exercises``.
+``invert`` (the one reconstruction loop), ``separation`` (unmixing a batch from a fully
+connected layer's gradient), ``metrics``, ``viz`` and ``exercises``.
 """
 __version__ = "0.1.0"

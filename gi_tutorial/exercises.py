@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from . import analytic, fl, models
+from . import analytic, fl, models, objectives, priors
 
 NUM_CASES = 5
 
@@ -90,3 +90,97 @@ def check_count_unknowns(student: Callable) -> bool:
         assert got == (expected.unknowns, expected.equations), (
             f"counting, case {case} ({name}, batch {b}): expected {(expected.unknowns, expected.equations)}, got {got}")
     return _passed("count_unknowns", len(cases))
+
+
+def _differentiable_close(name: str, case: int, student_value, expected: torch.Tensor, inputs: list[torch.Tensor],
+                          atol: float, check_gradient: bool = True) -> None:
+    """Compare values, then the gradients w.r.t. ``inputs``: a prior or distance must be differentiable."""
+    _close(name, case, torch.as_tensor(student_value).detach(), expected.detach(), atol=atol)
+    if not check_gradient:
+        return
+    assert isinstance(student_value, torch.Tensor) and student_value.requires_grad, (
+        f"{name}, case {case}: the value is right but autograd cannot differentiate it; the reconstruction loop "
+        "needs a tensor computed with torch operations (no .item(), numpy or Python floats)")
+    got = torch.autograd.grad(student_value, inputs, allow_unused=True)
+    want = torch.autograd.grad(expected, inputs, allow_unused=True)
+    for i, (a, b) in enumerate(zip(got, want)):
+        a = torch.zeros_like(inputs[i]) if a is None else a
+        b = torch.zeros_like(inputs[i]) if b is None else b
+        _close(f"{name} (gradient w.r.t. input {i})", case, a, b, atol=atol)
+
+
+def check_total_variation(student: Callable) -> bool:
+    """Chapter 2: ``student(images)`` returns the anisotropic total variation of a ``(B, C, H, W)`` batch.
+
+    The reference is :func:`gi_tutorial.priors.total_variation`: the mean absolute
+    difference of horizontal neighbours plus that of vertical neighbours.
+    """
+    shapes = [(1, 3, 32, 32), (4, 3, 32, 32), (2, 1, 28, 28), (3, 3, 8, 16), (1, 2, 5, 7)]
+    for case, shape in enumerate(shapes):
+        g = torch.Generator().manual_seed(200 + case)
+        ramp = torch.linspace(0, 1, shape[-1]).expand(shape)  # smooth: small TV
+        images = (ramp + (0.05 + 0.3 * case) * torch.rand(shape, generator=g)).requires_grad_(True)
+        expected = priors.total_variation(images)
+        _differentiable_close(f"total variation {shape}", case, student(images), expected, [images], atol=1e-5)
+    return _passed("total_variation", len(shapes))
+
+
+def check_cosine_distance(student: Callable) -> bool:
+    """Chapter 2: ``student(candidate, target)`` returns 1 - cosine similarity of two gradient lists.
+
+    Both arguments are lists of tensors, one per parameter; the similarity is that of
+    all tensors flattened and concatenated, as in
+    ``gi_tutorial.objectives.gradient_distance(candidate, target, kind="cosine")``.
+    """
+    for case in range(NUM_CASES):
+        g = torch.Generator().manual_seed(300 + case)
+        model = models.build_model("lenet", seed=300 + case)
+        x = torch.rand(2, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (2,), generator=g)
+        target = list(fl.client_update(model, x, y).gradients)
+        if case == 3:  # a scaled copy: distance 0, whatever the scale
+            candidate = [(7.0 * t).requires_grad_(True) for t in target]
+        elif case == 4:  # the opposite direction: distance 2
+            candidate = [(-0.5 * t).requires_grad_(True) for t in target]
+        else:
+            other = fl.client_update(model, torch.rand(2, 3, 32, 32, generator=g), y)
+            candidate = [c.clone().requires_grad_(True) for c in other.gradients]
+        expected = objectives.gradient_distance(candidate, target, kind="cosine")
+        got = student(list(candidate), [t.clone() for t in target])
+        _differentiable_close("cosine distance", case, got, expected, candidate, atol=1e-5)
+    return _passed("cosine gradient distance", NUM_CASES)
+
+
+def check_bn_statistics(student: Callable) -> bool:
+    """Chapter 2: ``student(batch_means, batch_vars, target_means, target_vars)`` returns Yin et al.'s BN distance.
+
+    Each argument is a list with one ``(C_l,)`` tensor per BatchNorm layer, in module
+    order. The expected value (without the prior's weight) is
+
+    .. math:: \\sum_l m_l \\big(\\lVert \\mu_l - \\mu^*_l \\rVert_2 + \\lVert \\sigma^2_l - \\sigma^{*2}_l \\rVert_2\\big),
+              \\quad m_1 = 10,\\ m_{l>1} = 1,
+
+    with Euclidean norms (not squared), as
+    ``gi_tutorial.priors.bn_statistics_distance(list(zip(batch_means, batch_vars)),
+    list(zip(target_means, target_vars)))`` computes it.
+    """
+    for case in range(NUM_CASES):
+        g = torch.Generator().manual_seed(400 + case)
+        widths = (8, 16, 16)[: 1 + case % 3]
+        with torch.random.fork_rng():  # a fresh model without touching the caller's random state
+            torch.manual_seed(400 + case)
+            model = models.ConvNet(3, 10, widths=widths, strides=(1, 2, 2)[: len(widths)], head="gap", batch_norm=True)
+        images = torch.rand(3, 3, 16, 16, generator=g)
+        y = torch.randint(0, 10, (3,), generator=g)
+        _, target = fl.batch_gradients(model, images, y, record_bn=True)
+        candidate = images if case == 4 else torch.rand(3, 3, 16, 16, generator=g)  # case 4: the true batch, distance 0
+        _, recorded = fl.batch_gradients(model, candidate, y, record_bn=True)
+        batch = [(m.detach().requires_grad_(True), v.detach().requires_grad_(True)) for m, v in recorded]
+        target = [(m.detach(), v.detach()) for m, v in target]
+        expected = priors.bn_statistics_distance(batch, target, first_layer_weight=10.0)
+        got = student([m for m, _ in batch], [v for _, v in batch], [m for m, _ in target], [v for _, v in target])
+        inputs = [t for pair in batch for t in pair]
+        # at distance 0 the norm has no gradient (torch's subgradient is 0, sqrt(sum of squares) gives NaN)
+        _differentiable_close(f"BN statistics ({len(widths)} BatchNorm layers)", case, got, expected, inputs,
+                              atol=1e-4, check_gradient=case != 4)
+    return _passed("BN statistics distance", NUM_CASES)

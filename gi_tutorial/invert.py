@@ -177,8 +177,11 @@ def reconstruct(
     def loss_fn(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         grads, bn_statistics = batch_gradients(model, images, labels, create_graph=True, record_bn=record_bn)
         grad_loss = gradient_distance(grads, target, distance, layer_weights)
-        context = PriorContext(space=space, bn_statistics=bn_statistics)
-        total = grad_loss + sum((prior(images, context) for prior in priors), torch.zeros((), device=device))
+        total = grad_loss
+        if priors:
+            context = PriorContext(space=space, bn_statistics=bn_statistics)
+            for prior in priors:
+                total = total + prior(images, context)
         return total, grad_loss
 
     trials = []
@@ -201,8 +204,10 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
         opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=lr)
     else:
         opt = torch.optim.LBFGS(variables, lr=lr, max_iter=lbfgs_max_iter, history_size=100)
-    milestones = [round(num_iters * f) for f in (3 / 8, 5 / 8, 7 / 8)] if lr_decay else []
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    scheduler = None
+    if lr_decay:
+        milestones = [round(num_iters * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
 
     first: dict = {}  # the first evaluation of an iteration: the current (projected) iterate
 
@@ -236,7 +241,8 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
             history.append(Snapshot(it, first["images"].cpu(), first["grad_loss"]))
         last_good = first["images"], first["grad_loss"]
         space.project()
-        scheduler.step()
+        if scheduler is not None:
+            scheduler.step()
         bar.update(1)
 
     if diverged:  # keep the last finite iterate (or the start, cleaned, if the first one failed)

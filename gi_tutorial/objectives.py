@@ -57,16 +57,21 @@ def gradient_distance(
     True
     """
     check_gradients(candidate, target)
-    if layer_weights is None:
-        layer_weights = [1.0] * len(target)
-    elif len(layer_weights) != len(target):
-        raise ValueError(f"need one layer weight per gradient tensor ({len(target)}), got {len(layer_weights)}")
-    pairs = [(w, c, t) for w, c, t in zip(layer_weights, candidate, target) if w != 0]
+    if layer_weights is None:  # unweighted: no multiplications on the autograd tape
+        terms = [(c, t) for c, t in zip(candidate, target)]
+        weigh = lambda i, x: x  # noqa: E731
+    else:
+        if len(layer_weights) != len(target):
+            raise ValueError(f"need one layer weight per gradient tensor ({len(target)}), got {len(layer_weights)}")
+        selected = [i for i, w in enumerate(layer_weights) if w != 0]
+        terms = [(candidate[i], target[i]) for i in selected]
+        weights = [layer_weights[i] for i in selected]
+        weigh = lambda i, x: weights[i] * x  # noqa: E731
     if kind == "l2":
-        return sum(w * (c - t).pow(2).sum() for w, c, t in pairs)
+        return sum(weigh(i, (c - t).pow(2).sum()) for i, (c, t) in enumerate(terms))
     if kind == "cosine":
-        dot = sum(w * (c * t).sum() for w, c, t in pairs)
-        norm_c = sum(w * c.pow(2).sum() for w, c, _ in pairs)
-        norm_t = sum(w * t.pow(2).sum() for w, _, t in pairs)
+        dot = sum(weigh(i, (c * t).sum()) for i, (c, t) in enumerate(terms))
+        norm_c = sum(weigh(i, c.pow(2).sum()) for i, (c, _) in enumerate(terms))
+        norm_t = sum(weigh(i, t.pow(2).sum()) for i, (_, t) in enumerate(terms))
         return 1 - dot / (norm_c * norm_t).clamp_min(1e-24).sqrt()  # clamp before sqrt: finite gradient at 0
     raise ValueError(f"unknown gradient distance {kind!r}; expected 'l2' or 'cosine'")

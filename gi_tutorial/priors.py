@@ -111,9 +111,7 @@ class BNStatistics:
     statistics, recorded by :func:`~gi_tutorial.invert.reconstruct` during its forward
     pass, towards the client's:
 
-    .. math:: R(x) = w \sum_l m_l ig(\lVert \mu_l(x) - \mu_l 
-Vert_2 + \lVert \sigma^2_l(x) - \sigma^2_l 
-Vert_2ig)
+    .. math:: R(x) = w \sum_l m_l \big(\lVert \mu_l(x) - \mu_l \rVert_2 + \lVert \sigma^2_l(x) - \sigma^2_l \rVert_2\big)
 
     with ``m_1 = first_layer_weight`` and ``m_l = 1`` for the later layers.
 

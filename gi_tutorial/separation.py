@@ -6,15 +6,15 @@ The Cocktail Party Attack (Kariyappa et al., ICML 2023). For a linear layer
 .. math:: \\frac{\\partial L}{\\partial W} = \\frac{1}{B}\\sum_{b=1}^{B} \\delta_b x_b^\\top = \\Delta X,
           \\qquad \\frac{\\partial L}{\\partial b} = \\frac{1}{B}\\sum_{b=1}^{B} \\delta_b = \\Delta \\mathbf{1},
 
-with ``delta_b = dL_b/dz_b``: every row of the weight gradient is a linear mixture of
-the ``B`` images, like the microphones of a cocktail party, each recording a different
-mixture of the same voices. Averaging did not destroy the images; it mixed them.
+with ``delta_b = dL_b/dz_b`` and ``Delta = (delta_1, ..., delta_B) / B``: every row of
+the weight gradient is a linear mixture of the ``B`` images, like the microphones of a
+cocktail party, each recording a different mixture of the same voices. Averaging did not destroy the images; it mixed them.
 Independent component analysis (ICA) finds an unmixing matrix ``U`` (``B`` x rows) that
 makes ``U dW`` a set of statistically independent signals, which are the images up to
 order, sign and scale. Here:
 
-- ICA is scikit-learn's FastICA (Hyvarinen and Oja, 2000), which also whitens the rows
-  and reduces them to ``B`` components.
+- ICA is scikit-learn's FastICA (Hyvarinen and Oja, 2000), which also centres and
+  whitens the rows and reduces them to ``B`` components.
 - The unmixing is learnt on the rows' horizontal and vertical pixel differences, not
   on the raw pixels. A linear filter applied to every row commutes with the mixing
   (the filtered rows are the same mixture of the filtered images), and the differences
@@ -50,6 +50,9 @@ def spatial_differences(rows: np.ndarray, image_shape: tuple[int, int, int]) -> 
 
     Returns:
         ``(N, C*H*(W-1) + C*(H-1)*W)``.
+
+    >>> spatial_differences(np.array([[0.0, 1.0, 2.0, 4.0]]), (1, 2, 2))  # the image [[0, 1], [2, 4]]
+    array([[1., 2., 2., 3.]])
     """
     images = rows.reshape(len(rows), *image_shape)  # (N, C, H, W)
     dx = np.diff(images, axis=3).reshape(len(rows), -1)
@@ -90,12 +93,15 @@ def unmix_fc_gradient(
                          f"{tuple(image_shape)}, got {tuple(weight_grad.shape)}")
     rows = weight_grad.shape[0]
     if not 1 <= batch_size <= rows:
-        raise ValueError(f"batch_size must be between 1 and the layer's {rows} output features to unmix, got {batch_size}")
+        raise ValueError(f"batch_size must be between 1 and the layer's {rows} output features to unmix, "
+                         f"got {batch_size}")
     if bias_grad is not None and bias_grad.shape != (rows,):
         raise ValueError(f"bias_grad must have shape ({rows},), got {tuple(bias_grad.shape)}")
 
     mixtures = weight_grad.detach().cpu().double().numpy()  # (rows, D): dW = Delta X
-    ica = FastICA(n_components=batch_size, whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=1e-6)
+    # fun="exp" is FastICA's contrast for strongly heavy-tailed sources, as image differences are
+    ica = FastICA(n_components=batch_size, fun="exp", whiten="unit-variance", random_state=seed,
+                  max_iter=max_iter, tol=1e-6)
     ica.fit(spatial_differences(mixtures, image_shape).T)  # samples: filtered pixels; features: rows
     unmixing = ica.components_  # (B, rows), whitening included
     sources = unmixing @ mixtures  # (B, D): each a scaled copy s_k x_k of one image, up to ICA's error

@@ -109,6 +109,7 @@ def plot_curves(curves: dict[str, Sequence[float]], xlabel: str = "iteration", y
 def history_slider(history: Sequence[Snapshot]):
     """An ipywidgets slider over a run's snapshots (all images of the batch at that iteration)."""
     import ipywidgets as widgets
+    from IPython.display import display
 
     output = widgets.Output()
     slider = widgets.IntSlider(value=len(history) - 1, min=0, max=len(history) - 1, description="snapshot",
@@ -120,7 +121,8 @@ def history_slider(history: Sequence[Snapshot]):
             output.clear_output(wait=True)
             fig = show_images(snapshot.images, suptitle=f"iteration {snapshot.iteration}, "
                                                         f"gradient distance {snapshot.grad_loss:.3g}")
-            plt.show(fig)
+            display(fig)
+            plt.close(fig)  # shown once, in the widget's output
 
     slider.observe(draw, names="value")
     draw()

@@ -1,14 +1,8 @@
-"""Shared set-up for the unit tests: quick mode, one thread, and small fixtures.
+"""Shared set-up for the unit tests: one thread, and small fixtures.
 
-Quick mode and the thread count are set at import, before any test module imports
-``gi_tutorial`` or runs torch, so every test sees the same settings.
+Quick mode is set by the root conftest.py, for the notebooks too.
 """
 from __future__ import annotations
-
-import os
-
-os.environ["GI_TUTORIAL_QUICK"] = "1"
-os.environ.setdefault("MPLBACKEND", "Agg")  # viz imports pyplot; no display here
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

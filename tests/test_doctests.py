@@ -7,9 +7,9 @@ import importlib
 import pytest
 
 MODULES = ["config", "data", "models", "fl", "analytic", "objectives", "priors", "spaces", "invert",
-           "metrics", "viz", "exercises"]
+           "metrics", "viz", "exercises", "separation"]
 # modules whose docstrings hold examples: a doctest run that finds none there is a failure too
-WITH_EXAMPLES = {"config", "objectives", "priors", "metrics"}
+WITH_EXAMPLES = {"config", "objectives", "priors", "metrics", "separation"}
 
 
 @pytest.mark.parametrize("name", MODULES)
