@@ -26,7 +26,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gi_tutorial import config, fl, invert, models, objectives  # noqa: E402
+from gi_tutorial import config, fl, invert, models  # noqa: E402
 
 
 def bare_steps(model: torch.nn.Module, update: fl.SharedUpdate, labels: torch.Tensor, shape, num_iters: int) -> float:

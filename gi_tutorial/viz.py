@@ -134,7 +134,7 @@ def format_value(value: Any, fmt: str = "{:.2f}") -> str:
     if value is None:
         return "not computed"
     if isinstance(value, float) and math.isinf(value):
-        return "inf"
+        return "inf" if value > 0 else "-inf"
     if isinstance(value, int) and not isinstance(value, bool) and fmt == "{:.2f}":
         return str(value)  # integers print as integers unless a format is given
     if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 from gi_tutorial import analytic, fl, invert, metrics, models, priors, spaces
 

@@ -247,7 +247,8 @@ def test_markdown_table_renders_none_as_not_computed():
 
 def test_format_value():
     assert viz.format_value(None) == "not computed"
-    assert viz.format_value(float("-inf")) == "inf"
+    assert viz.format_value(float("inf")) == "inf"
+    assert viz.format_value(float("-inf")) == "-inf"
     assert viz.format_value(3) == "3"  # integers stay integers unless a format is given
     assert viz.format_value(3, "{:.1f}") == "3.0"
     assert viz.format_value(3.0) == "3.00"
