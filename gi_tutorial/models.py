@@ -6,6 +6,7 @@
   the spatial feature map, ``head="gap"`` global-average-pools it first. The two heads
   give two regimes: the flatten head keeps where each feature was (inversion is nearly
   determined), the pooled head throws it away (inversion is under-determined).
+- ``build_model("convnet_bn")``: a small ConvNet with BatchNorm, the victim of the priors chapter.
 - :func:`resnet18`: torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 first
   convolution, no max-pool) and BatchNorm, as used by Geiping et al. (2020).
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-MODELS = ("mlp", "lenet", "convnet_fc", "convnet_gap", "resnet18")
+MODELS = ("mlp", "lenet", "convnet_fc", "convnet_gap", "convnet_bn", "resnet18")
 
 
 class MLP(nn.Module):
@@ -98,9 +99,10 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
     """Build a victim model by name with a fixed seed, so every reader gets the same weights.
 
     Args:
-        name: ``"mlp"`` (one hidden layer of 256), ``"lenet"`` (DLG), ``"convnet_fc"`` (ConvNet, fully connected head on the
-            8x8 feature map), ``"convnet_gap"`` (four convolutions, global average
-            pooling) or ``"resnet18"`` (CIFAR stem).
+        name: ``"mlp"`` (one hidden layer of 256), ``"lenet"`` (DLG), ``"convnet_fc"``
+            (ConvNet, fully connected head on the 8x8 feature map), ``"convnet_gap"`` (four
+            convolutions, global average pooling), ``"convnet_bn"`` (two convolutions with
+            BatchNorm, fully connected head) or ``"resnet18"`` (CIFAR stem).
         in_channels: 1 or 3.
         num_classes: size of the classifier's output.
         seed: seed of the random initialisation.
@@ -119,6 +121,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
             model = ConvNet(in_channels, num_classes, widths=(32, 64, 64), strides=(1, 2, 2), head="flatten")
         elif name == "convnet_gap":
             model = ConvNet(in_channels, num_classes, widths=(32, 64, 128, 128), strides=(1, 2, 2, 1), head="gap")
+        elif name == "convnet_bn":
+            model = ConvNet(in_channels, num_classes, widths=(16, 32), strides=(1, 2), head="flatten", batch_norm=True)
         elif name == "resnet18":
             model = resnet18(in_channels, num_classes)
         else:

@@ -154,6 +154,15 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str],
     return Markdown("\n".join(lines))
 
 
+def show_code(obj: Any):
+    """The source of a library function or class, as a Markdown code block (the book shows code, not copies)."""
+    import inspect
+
+    from IPython.display import Markdown
+
+    return Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```")
+
+
 def glue(name: str, value: Any, display: bool = False) -> None:
     """Publish a value to the book's prose with myst-nb's glue (a no-op where myst-nb is absent, e.g. Colab)."""
     try:
