@@ -184,3 +184,59 @@ def check_bn_statistics(student: Callable) -> bool:
         _differentiable_close(f"BN statistics ({len(widths)} BatchNorm layers)", case, got, expected, inputs,
                               atol=1e-4, check_gradient=case != 4)
     return _passed("BN statistics distance", NUM_CASES)
+
+
+def _small_generator(seed: int):
+    from .generators import Generator
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Generator(z_dim=8, channels=1, width=4).eval()
+
+
+def check_latent_loss(student: Callable) -> bool:
+    """Chapter 3: ``student(z, generator, model, labels, target_gradients)`` returns the L2 gradient distance of G(z).
+
+    The value must be differentiable w.r.t. ``z`` (one latent-search step is its backward pass).
+    """
+    for case in range(NUM_CASES):
+        g = torch.Generator().manual_seed(500 + case)
+        generator = _small_generator(500 + case)
+        model = models.build_model("lenet", in_channels=1, seed=500 + case)
+        b = 1 + case % 3
+        labels = torch.randint(0, 10, (b,), generator=g)
+        target = fl.batch_gradients(model, torch.rand(b, 1, 32, 32, generator=g), labels)[0]
+        z = torch.randn(b, generator.z_dim, generator=g, requires_grad=True)
+        expected = objectives.gradient_distance(fl.batch_gradients(model, generator(z), labels, create_graph=True)[0],
+                                                target)
+        got = student(z, generator, model, labels, [t.clone() for t in target])
+        _differentiable_close("latent loss", case, got, expected, [z], atol=1e-4 * max(1.0, float(expected.detach())))
+    return _passed("latent loss", NUM_CASES)
+
+
+def check_generator_copies(student: Callable) -> bool:
+    """Chapter 4: ``student(generator, z)`` returns ``(images, copies)``: one generator copy per code.
+
+    ``images`` must equal ``generator(z)`` at the start, ``copies`` must be ``len(z)``
+    independent modules (changing one copy's weights changes only its own image), and the
+    original generator must not be among them or changed.
+    """
+    for case in range(NUM_CASES):
+        generator = _small_generator(600 + case)
+        z = torch.randn(2 + case % 3, generator.z_dim, generator=torch.Generator().manual_seed(case))
+        before = {k: v.clone() for k, v in generator.state_dict().items()}
+        images, copies = student(generator, z)
+        _close("stage-2 images at the start", case, images.detach(), generator(z).detach(), atol=1e-6)
+        assert len(copies) == len(z), f"stage-2 copies, case {case}: expected {len(z)} copies, got {len(copies)}"
+        assert all(c is not generator for c in copies), f"stage-2 copies, case {case}: a copy is the original generator"
+        with torch.no_grad():
+            for p in copies[0].parameters():
+                p.add_(0.1)
+        moved = torch.cat([c(z[i:i + 1]) for i, c in enumerate(copies)]).detach()
+        assert not torch.allclose(moved[0], images[0].detach()), (
+            f"stage-2 copies, case {case}: changing copy 0 did not change image 0")
+        assert torch.allclose(moved[1:], images[1:].detach(), atol=1e-6), (
+            f"stage-2 copies, case {case}: changing copy 0 changed other images: the copies share weights")
+        assert all(torch.equal(v, generator.state_dict()[k]) for k, v in before.items()), (
+            f"stage-2 copies, case {case}: the original generator was changed")
+    return _passed("generator copies", NUM_CASES)

@@ -257,3 +257,50 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
     return Trial(images=images.cpu(), grad_loss=grad_loss if math.isfinite(grad_loss) else math.inf,
                  losses=losses, history=history, state=state, diverged=diverged)
 
+
+
+@dataclass
+class GIASResult:
+    """Both stages of GIAS: the latent search and the per-image weight search that refines it."""
+
+    latent: Reconstruction  # stage 1: x = G(z*)
+    weights: Reconstruction  # stage 2: x_b = G_{w_b*}(z*_b)
+
+    @property
+    def images(self) -> torch.Tensor:
+        return self.weights.images
+
+
+def gias(
+    update: SharedUpdate,
+    model: nn.Module,
+    generator: nn.Module,
+    *,
+    latent_iters: int = 300,
+    weight_iters: int = 500,
+    latent_lr: float = 0.1,
+    weight_lr: float = 3e-4,
+    restarts: int = 4,
+    latent_priors: Sequence[Prior] = (),
+    weight_priors: Sequence[Prior] = (),
+    **kwargs,
+) -> GIASResult:
+    """Gradient Inversion in Alternative Spaces (Jeon et al., 2021): two calls of :func:`reconstruct`.
+
+    Stage 1 searches the generator's latent space (``restarts`` random starts, the best
+    kept). Stage 2 freezes the best ``z*``, gives each image its own copy of the generator's
+    weights, and searches those with the same loss and a small learning rate, so each
+    image can leave the generator's range where the gradient asks it to. Both stages use
+    Adam with step decay; ``kwargs`` (labels, distance, ...) go to both.
+    """
+    from .spaces import GeneratorSpace, LatentSpace
+
+    batch_size = update.batch_size
+    if batch_size is None:
+        raise ValueError("GIAS needs the batch size: share it in the update")
+    stage1 = reconstruct(update, model, LatentSpace(generator, batch_size), priors=latent_priors, lr=latent_lr,
+                         num_iters=latent_iters, restarts=restarts, lr_decay=True, **kwargs)
+    z_star = stage1.trials[stage1.best].state["z"]
+    stage2 = reconstruct(update, model, GeneratorSpace(generator, batch_size, z=z_star), priors=weight_priors,
+                         lr=weight_lr, num_iters=weight_iters, restarts=1, lr_decay=True, **kwargs)
+    return GIASResult(latent=stage1, weights=stage2)

@@ -153,3 +153,21 @@ class BNStatistics:
                 "must record statistics (it does when a prior has needs_bn_statistics=True)"
             )
         return self.weight * bn_statistics_distance(recorded, self.target, self.first_layer_weight)
+
+
+@dataclass
+class LatentNorm:
+    r"""``weight * mean_b (||z_b||^2 / d - 1)^2``: keeps latent codes where N(0, I) puts them.
+
+    A standard normal code in ``d`` dimensions has ``||z||^2 / d`` close to 1; codes far from
+    that shell give atypical images. Reads the codes of a :class:`~gi_tutorial.spaces.LatentSpace`.
+    """
+
+    weight: float
+    needs_bn_statistics: bool = False
+
+    def __call__(self, images: torch.Tensor, context: PriorContext) -> torch.Tensor:
+        z = getattr(context.space, "z", None)
+        if z is None:
+            raise ValueError("LatentNorm needs a space with latent codes z (a LatentSpace)")
+        return self.weight * (z.pow(2).mean(dim=1) - 1).pow(2).mean()
