@@ -58,6 +58,7 @@ def compare_rows(
     row_labels: Sequence[str],
     titles: Sequence[Sequence[str]] | None = None,
     size: float = 1.4,
+    title: str | None = None,
 ) -> plt.Figure:
     """Batches side by side, one per row (e.g. truth, then each method's reconstruction)."""
     ncols = max(len(r) for r in rows)
@@ -70,6 +71,8 @@ def compare_rows(
             else:
                 ax.axis("off")
         axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
