@@ -74,27 +74,46 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def untrained_generator(seed: int = 0, channels: int = 1) -> Generator:
+    """The generator at DCGAN's random initialisation for ``seed``, in eval mode: a prior that knows nothing.
+
+    This is where DCGAN training and GIML's meta-learning start (chapter 5's "untrained G").
+    """
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        generator = Generator(channels=channels)
+        generator.apply(_init_weights)
+    finally:
+        torch.random.set_rng_state(state)
+    return generator.eval()
+
+
 def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int = 0, lr: float = 2e-4,
               log_every: int = 0) -> Generator:
     """Train a DCGAN on ``images`` ``(N, C, 32, 32)`` in [0, 1] for ``steps`` iterations; return the generator (eval mode).
+
+    Training runs on the images' device (move them to a GPU to train there).
 
     Raises:
         ValueError: images that are not ``(N, C, 32, 32)``.
     """
     if images.ndim != 4 or images.shape[-2:] != (32, 32):
         raise ValueError(f"expected images of shape (N, C, 32, 32), got {tuple(images.shape)}")
+    device = images.device
     torch.manual_seed(seed)
     generator, discriminator = Generator(channels=images.shape[1]), Discriminator(channels=images.shape[1])
     generator.apply(_init_weights)
     discriminator.apply(_init_weights)
+    generator, discriminator = generator.to(device), discriminator.to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
     rng = torch.Generator().manual_seed(seed)
-    ones, zeros = torch.ones(batch_size), torch.zeros(batch_size)
+    ones, zeros = torch.ones(batch_size, device=device), torch.zeros(batch_size, device=device)
     start = time.perf_counter()
     for step in range(steps):
-        real = images[torch.randint(len(images), (batch_size,), generator=rng)]
-        fake = generator(torch.randn(batch_size, generator.z_dim, generator=rng))
+        real = images[torch.randint(len(images), (batch_size,), generator=rng).to(device)]
+        fake = generator(torch.randn(batch_size, generator.z_dim, generator=rng).to(device))
         loss_d = (F.binary_cross_entropy_with_logits(discriminator(real), ones)
                   + F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros))
         opt_d.zero_grad()
@@ -110,13 +129,20 @@ def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int 
     return generator.eval()
 
 
-def save_checkpoint(generator: Generator, path: str | Path, **record) -> dict:
-    """Save the generator's weights and, beside them, a JSON record (with the file's sha256)."""
+def save_checkpoint(generator: Generator, path: str | Path, half: bool = False, **record) -> dict:
+    """Save the generator's weights and, beside them, a JSON record (with the file's sha256).
+
+    ``half=True`` stores floating-point tensors in float16 (half the size); loading turns them
+    back into float32.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(generator.state_dict(), path)
+    state = {k: v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()
+             for k, v in generator.state_dict().items()}
+    torch.save(state, path)
     record = {"file": path.name, "sha256": sha256_of(path), "z_dim": generator.z_dim,
-              "channels": generator.channels, "width": generator.width, **record}
+              "channels": generator.channels, "width": generator.width, "dtype": "float16" if half else "float32",
+              **record}
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -144,7 +170,7 @@ def load_generator(path: str | Path = DEFAULT_CHECKPOINT, verify_hash: bool = Tr
                              "the checkpoint is corrupt or was replaced; re-train it with the command in "
                              f"{record_path.name} or restore the file")
     generator = Generator(record["z_dim"], record["channels"], record["width"])
-    generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # float16 is cast to float32
     return generator.eval()
 
 

@@ -34,6 +34,10 @@ from .priors import Prior, PriorContext
 from .spaces import PixelSpace, Space
 
 
+class DivergedError(RuntimeError):
+    """Every restart of a search diverged (its loss became NaN or inf), so there is no result to build on."""
+
+
 @dataclass
 class Snapshot:
     """The batch at one iteration of one trial, for history figures."""
@@ -147,8 +151,9 @@ def reconstruct(
         progress: show a tqdm bar (default: :func:`show_progress`).
 
     Raises:
-        ValueError: the update does not match the model, a space whose batch size differs
-            from the update's, a missing image shape or labels, or a bad option.
+        ValueError: the update does not match the model (or holds NaN or inf), a space whose
+            batch size differs from the update's, images (``image_shape``) or labels that do not
+            fit the model, a missing image shape or labels, or a bad option.
     """
     update.check_matches(model)
     if optimizer not in ("adam", "lbfgs"):
@@ -162,6 +167,8 @@ def reconstruct(
         if image_shape is None or update.batch_size is None:
             raise ValueError("the default pixel space needs image_shape=(C, H, W) and a shared batch size")
         space = PixelSpace((update.batch_size, *image_shape), device=device)
+    if getattr(space, "device", device) is None:  # a space left on "the model's device"
+        space.device = device
     if update.batch_size is not None and space.batch_size != update.batch_size:
         raise ValueError(f"the space reconstructs {space.batch_size} images but the update comes from {update.batch_size}")
     labels = resolve_labels(update, model, labels).to(device)
@@ -174,8 +181,13 @@ def reconstruct(
     history_every = history_every or max(1, num_iters // 10)
     progress = show_progress() if progress is None else progress
 
+    checked = False  # the first evaluation checks that the images and labels fit the model (a clear ValueError)
+
     def loss_fn(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        grads, bn_statistics = batch_gradients(model, images, labels, create_graph=True, record_bn=record_bn)
+        nonlocal checked
+        grads, bn_statistics = batch_gradients(model, images, labels, create_graph=True, record_bn=record_bn,
+                                               check=not checked)
+        checked = True
         grad_loss = gradient_distance(grads, target, distance, layer_weights)
         total = grad_loss
         if priors:
@@ -192,16 +204,16 @@ def reconstruct(
                                  history_every, torch.Generator().manual_seed(seed + trial_index), bar))
     bar.close()
     seconds = time.perf_counter() - start
-    best = min(range(restarts), key=lambda k: trials[k].grad_loss)
+    best = min(range(restarts), key=lambda k: (trials[k].diverged, trials[k].grad_loss))  # a finished trial first
     return Reconstruction(images=trials[best].images, labels=labels.detach().cpu(), grad_loss=trials[best].grad_loss,
                           best=best, trials=trials, seconds=seconds, iterations=restarts * num_iters)
 
 
 def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs_max_iter,
-               history_every, generator, bar) -> Trial:
-    variables = space.init(generator)
+               history_every, rng, bar) -> Trial:
+    variables = space.init(rng)
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(variables, lr=lr)
+        opt: torch.optim.Optimizer = _adam(variables, lr)
     else:
         opt = torch.optim.LBFGS(variables, lr=lr, max_iter=lbfgs_max_iter, history_size=100)
     scheduler = None
@@ -245,18 +257,28 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
             scheduler.step()
         bar.update(1)
 
-    if diverged:  # keep the last finite iterate (or the start, cleaned, if the first one failed)
-        images, grad_loss = last_good if losses else (torch.nan_to_num(first["images"]), first["grad_loss"])
-        state: dict[str, torch.Tensor] = {}
-    else:  # one more evaluation: the distance of the final iterate, to rank trials on equal terms
+    if not diverged:  # one more evaluation: the distance of the final iterate, to rank trials on equal terms
         with torch.no_grad():
             images = space.images().detach().clone()
         grad_loss = float(loss_fn(images)[1].detach())
         state = space.state()
+        diverged = not (math.isfinite(grad_loss) and bool(torch.isfinite(images).all()))  # the last step failed
+    if diverged:  # keep the last finite iterate (or the start, cleaned, if the first one failed); no state
+        images, grad_loss = last_good if losses else (torch.nan_to_num(first["images"]), first["grad_loss"])
+        state = {}
     history.append(Snapshot(len(losses), images.cpu(), grad_loss))
     return Trial(images=images.cpu(), grad_loss=grad_loss if math.isfinite(grad_loss) else math.inf,
                  losses=losses, history=history, state=state, diverged=diverged)
 
+
+
+def _adam(variables: list[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel where this torch build has it: on the CPU the per-tensor
+    implementation costs more than the step itself once the variables are a generator's weights."""
+    try:
+        return torch.optim.Adam(variables, lr=lr, fused=True)
+    except (RuntimeError, TypeError):  # an older torch, or a device/dtype without the fused kernel
+        return torch.optim.Adam(variables, lr=lr)
 
 
 @dataclass
@@ -283,6 +305,7 @@ def gias(
     restarts: int = 4,
     latent_priors: Sequence[Prior] = (),
     weight_priors: Sequence[Prior] = (),
+    shared: bool = False,
     **kwargs,
 ) -> GIASResult:
     """Gradient Inversion in Alternative Spaces (Jeon et al., 2021): two calls of :func:`reconstruct`.
@@ -291,7 +314,13 @@ def gias(
     kept). Stage 2 freezes the best ``z*``, gives each image its own copy of the generator's
     weights, and searches those with the same loss and a small learning rate, so each
     image can leave the generator's range where the gradient asks it to. Both stages use
-    Adam with step decay; ``kwargs`` (labels, distance, ...) go to both.
+    Adam with step decay; ``kwargs`` (labels, distance, ...) go to both. ``shared=True`` adapts
+    one copy of the weights for the whole batch instead (GIML's inner loop,
+    :func:`gi_tutorial.giml.inner_round`).
+
+    Raises:
+        ValueError: no shared batch size.
+        DivergedError: every stage-1 restart diverged (the loss became NaN or inf): lower ``latent_lr``.
     """
     from .spaces import GeneratorSpace, LatentSpace
 
@@ -300,7 +329,10 @@ def gias(
         raise ValueError("GIAS needs the batch size: share it in the update")
     stage1 = reconstruct(update, model, LatentSpace(generator, batch_size), priors=latent_priors, lr=latent_lr,
                          num_iters=latent_iters, restarts=restarts, lr_decay=True, **kwargs)
+    if stage1.trials[stage1.best].diverged:
+        raise DivergedError(f"every one of the {restarts} latent-search restarts diverged (NaN or inf loss); "
+                           f"try a smaller latent_lr than {latent_lr}")
     z_star = stage1.trials[stage1.best].state["z"]
-    stage2 = reconstruct(update, model, GeneratorSpace(generator, batch_size, z=z_star), priors=weight_priors,
+    stage2 = reconstruct(update, model, GeneratorSpace(generator, batch_size, z=z_star, shared=shared), priors=weight_priors,
                          lr=weight_lr, num_iters=weight_iters, restarts=1, lr_decay=True, **kwargs)
     return GIASResult(latent=stage1, weights=stage2)

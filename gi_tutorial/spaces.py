@@ -7,7 +7,8 @@ variables ``phi`` and maps them to a batch of images; the loop in
 
 A space implements:
 
-- ``init(generator)``: create fresh variables (one restart) and return them;
+- ``init(rng)``: create fresh variables (one restart) from the random number generator ``rng``
+  and return them;
 - ``images()``: the current batch ``P(phi)``, ``(B, C, H, W)``, differentiable;
 - ``project()``: put the variables back into their feasible set after a step;
 - ``state()``: a detached copy of the variables, to keep or restart from.
@@ -15,8 +16,9 @@ A space implements:
 :class:`PixelSpace` searches the pixels directly (DLG; Geiping et al., 2020).
 :class:`LatentSpace` searches the latent code ``z`` of a generator, ``x = G(z)`` (as CSGM,
 Bora et al., 2017, does for compressed sensing). :class:`GeneratorSpace` searches the
-weights of one copy of the generator per image, ``x_b = G_{w_b}(z_b)``, with ``z`` fixed:
-stage 2 of GIAS (Jeon et al., 2021); from a random ``z`` it is the GI-w ablation.
+weights of the generator, ``x_b = G_{w_b}(z_b)``, with ``z`` fixed: one copy per image is
+stage 2 of GIAS (Jeon et al., 2021), and from a random ``z`` the GI-w ablation; one copy
+shared by the batch is the inner loop of GIML (:mod:`gi_tutorial.giml`).
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ from typing import Literal, Protocol
 
 import torch
 import torch.nn as nn
+from torch.func import functional_call
 
 
 class Space(Protocol):
     batch_size: int
 
-    def init(self, generator: torch.Generator) -> list[torch.Tensor]: ...
+    def init(self, rng: torch.Generator) -> list[torch.Tensor]: ...
 
     def images(self) -> torch.Tensor: ...
 
@@ -46,7 +49,8 @@ class PixelSpace:
         shape: ``(B, C, H, W)`` of the batch to reconstruct.
         init: ``"randn"`` (standard normal, then projected, as DLG) or ``"rand"`` (uniform in the box).
         box: the valid pixel range, or None for no constraint (DLG's original L-BFGS run).
-        device: where the variables live.
+        device: where the variables live; None (default) puts them on the attacked model's
+            device when :func:`~gi_tutorial.invert.reconstruct` runs (the CPU otherwise).
     """
 
     def __init__(
@@ -54,7 +58,7 @@ class PixelSpace:
         shape: tuple[int, int, int, int],
         init: Literal["randn", "rand"] = "rand",
         box: tuple[float, float] | None = (0.0, 1.0),
-        device: torch.device | str = "cpu",
+        device: torch.device | str | None = None,
     ):
         if len(shape) != 4:
             raise ValueError(f"shape must be (B, C, H, W), got {tuple(shape)}")
@@ -64,16 +68,16 @@ class PixelSpace:
         self.batch_size = shape[0]
         self.init_kind = init
         self.box = box
-        self.device = torch.device(device)
+        self.device = None if device is None else torch.device(device)
         self.x: torch.Tensor | None = None
 
-    def init(self, generator: torch.Generator) -> list[torch.Tensor]:
+    def init(self, rng: torch.Generator) -> list[torch.Tensor]:
         if self.init_kind == "randn":
-            x = torch.randn(self.shape, generator=generator)
+            x = torch.randn(self.shape, generator=rng)
         else:
             low, high = self.box or (0.0, 1.0)
-            x = low + (high - low) * torch.rand(self.shape, generator=generator)
-        self.x = x.to(self.device).requires_grad_(True)
+            x = low + (high - low) * torch.rand(self.shape, generator=rng)
+        self.x = x.to(self.device or "cpu").requires_grad_(True)
         self.project()
         return [self.x]
 
@@ -104,8 +108,8 @@ class LatentSpace:
         self.device = next(self.generator.parameters()).device
         self.z: torch.Tensor | None = None
 
-    def init(self, generator: torch.Generator) -> list[torch.Tensor]:
-        z = torch.randn(self.batch_size, self.generator.z_dim, generator=generator)
+    def init(self, rng: torch.Generator) -> list[torch.Tensor]:
+        z = torch.randn(self.batch_size, self.generator.z_dim, generator=rng)
         self.z = z.to(self.device).requires_grad_(True)
         return [self.z]
 
@@ -120,43 +124,99 @@ class LatentSpace:
 
 
 class GeneratorSpace:
-    """One copy of the generator's weights per image, ``x_b = G_{w_b}(z_b)``, with ``z`` fixed.
+    """The generator's weights, with the codes ``z`` fixed: ``x_b = G_{w_b}(z_b)``.
 
-    Every copy starts from the given generator's weights (the prior) and is optimised on
-    its own, so each image can leave the generator's range where the gradient asks it to.
+    Every copy starts from the given generator's weights (the prior) and is optimised with
+    the same gradient-matching loss, so the images can leave the generator's range where
+    the gradient asks them to.
+
+    - ``shared=False`` (GIAS stage 2, Jeon et al., 2021): one copy of the weights per image,
+      so each image leaves the range on its own. The copies are stacked along a leading
+      batch dimension and run in one vectorised call (``torch.func.vmap`` over
+      ``functional_call``), not a Python loop over modules: a step costs about what one
+      forward and backward of the batch through the generator costs.
+    - ``shared=True`` (GIML's inner loop): one copy for the whole batch; its adapted
+      weights are what the meta-learner keeps (:func:`generator_from_state`).
 
     Args:
-        generator: the starting weights; copies run in eval mode.
+        generator: the starting weights; copies run in eval mode (BatchNorm uses its
+            running statistics, so each image depends on its own code only).
         batch_size: images to reconstruct.
         z: the fixed codes ``(batch_size, z_dim)`` (GIAS: the latent search's result);
             None draws them from N(0, I) at each restart (the GI-w ablation).
+        shared: one copy of the weights for the whole batch instead of one per image.
     """
 
-    def __init__(self, generator: nn.Module, batch_size: int, z: torch.Tensor | None = None):
+    def __init__(self, generator: nn.Module, batch_size: int, z: torch.Tensor | None = None, shared: bool = False):
         if z is not None and tuple(z.shape) != (batch_size, generator.z_dim):
             raise ValueError(f"z must have shape ({batch_size}, {generator.z_dim}), got {tuple(z.shape)}")
-        self.base = copy.deepcopy(generator).eval()
+        self.base = copy.deepcopy(generator).eval().requires_grad_(False)
         self.batch_size = batch_size
+        self.shared = shared
         self.device = next(self.base.parameters()).device
         self.fixed_z = None if z is None else z.detach().to(self.device)
+        self.buffers = {name: b for name, b in self.base.named_buffers()}  # BatchNorm running statistics
         self.z: torch.Tensor | None = None
-        self.copies: nn.ModuleList | None = None
+        self.weights: dict[str, torch.Tensor] | None = None  # name -> (B, *shape), or (*shape) when shared
 
-    def init(self, generator: torch.Generator) -> list[torch.Tensor]:
+    def init(self, rng: torch.Generator) -> list[torch.Tensor]:
         if self.fixed_z is not None:
             self.z = self.fixed_z.clone()
         else:
-            self.z = torch.randn(self.batch_size, self.base.z_dim, generator=generator).to(self.device)
-        self.copies = nn.ModuleList(copy.deepcopy(self.base).requires_grad_(True) for _ in range(self.batch_size))
-        return list(self.copies.parameters())
+            self.z = torch.randn(self.batch_size, self.base.z_dim, generator=rng).to(self.device)
+        copies = 1 if self.shared else self.batch_size
+        self.weights = {name: p.detach().clone() if self.shared else p.detach().repeat(copies, *[1] * p.ndim)
+                        for name, p in self.base.named_parameters()}
+        for w in self.weights.values():
+            w.requires_grad_(True)
+        return list(self.weights.values())
 
     def images(self) -> torch.Tensor:
-        return torch.cat([g(self.z[b:b + 1]) for b, g in enumerate(self.copies)])  # (B, C, H, W)
+        if self.shared:
+            return functional_call(self.base, ({**self.weights, **self.buffers},), (self.z,))
+
+        def one_image(weights: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.base, ({**weights, **self.buffers},), (z[None],))[0]
+
+        return torch.func.vmap(one_image)(self.weights, self.z)  # (B, C, H, W)
 
     def project(self) -> None:
         """Any weights are feasible; the output layer's tanh keeps the images in [0, 1]."""
 
     def state(self) -> dict[str, torch.Tensor]:
-        weights = {f"{b}.{name}": p.detach().clone() for b, g in enumerate(self.copies)
-                   for name, p in g.state_dict().items()}
-        return {"z": self.z.clone(), **weights}
+        return {"z": self.z.clone(), **{f"w.{name}": w.detach().clone() for name, w in self.weights.items()}}
+
+
+def generator_from_state(generator: nn.Module, state: dict[str, torch.Tensor], index: int | None = None) -> nn.Module:
+    """A copy of ``generator`` holding the weights that a :class:`GeneratorSpace` trial ended with.
+
+    Args:
+        generator: the architecture (and BatchNorm statistics) the space was built from.
+        state: ``Trial.state`` of a GeneratorSpace run.
+        index: for per-image copies, which image's weights; None for a shared copy.
+
+    Raises:
+        ValueError: a state that holds no generator weights (another space, or a diverged
+            trial), or an index that does not fit the state.
+    """
+    weights = {name[2:]: w for name, w in state.items() if name.startswith("w.")}
+    if not weights:
+        raise ValueError("the state holds no generator weights: pass Trial.state of a GeneratorSpace run "
+                         "that did not diverge")
+    names = {name for name, _ in generator.named_parameters()}
+    if set(weights) != names:
+        raise ValueError(f"the state's weights {sorted(weights)[:3]}... do not match the generator's parameters")
+    shapes = {name: p.shape for name, p in generator.named_parameters()}
+    per_image = next(iter(weights.values())).shape != shapes[next(iter(weights))]
+    if per_image != (index is not None):
+        raise ValueError("pass index=b for a state of per-image copies, and no index for a shared copy")
+    if per_image:
+        copies = next(iter(weights.values())).shape[0]
+        if not 0 <= index < copies:
+            raise ValueError(f"index must be in [0, {copies}), got {index}")
+        weights = {name: w[index] for name, w in weights.items()}
+    adapted = copy.deepcopy(generator)
+    with torch.no_grad():
+        for name, p in adapted.named_parameters():
+            p.copy_(weights[name])
+    return adapted

@@ -1,13 +1,14 @@
 """gi_tutorial.generators and the generator spaces: the shipped checkpoint, training, latent and weight search."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
 import pytest
 import torch
 
-from gi_tutorial import fl, generators, invert, metrics, models, priors, spaces
+from gi_tutorial import fl, generators, invert, metrics, models, objectives, priors, spaces
 
 
 @pytest.fixture(scope="module")
@@ -79,13 +80,78 @@ def test_generator_space_copies_are_independent(generator):
     before = space.images().detach()
     assert torch.allclose(before, generator(z), atol=1e-6)  # every copy starts at the prior
     with torch.no_grad():
-        for p in space.copies[0].parameters():
-            p.add_(0.05)
+        for w in params:
+            w[0].add_(0.05)  # move copy 0 only
     after = space.images().detach()
     assert not torch.allclose(after[0], before[0]) and torch.equal(after[1], before[1])
-    assert len(params) == 2 * len(list(generator.parameters()))
+    assert len(params) == len(list(generator.parameters()))
+    assert all(w.shape == (2, *p.shape) for w, p in zip(params, generator.parameters()))
+    moved = spaces.generator_from_state(generator, space.state(), index=0)
+    assert torch.allclose(moved(z[:1]), after[:1], atol=1e-6)
     with pytest.raises(ValueError, match="z must have shape"):
         spaces.GeneratorSpace(generator, 3, z=z)
+    with pytest.raises(ValueError, match="index=b"):
+        spaces.generator_from_state(generator, space.state())
+    with pytest.raises(ValueError, match="no generator weights"):
+        spaces.generator_from_state(generator, {"z": z})
+
+
+class _LoopSpace:
+    """The per-image copies as a Python loop over modules: the reference the vectorised space must match."""
+
+    def __init__(self, generator, z):
+        self.base, self.z, self.batch_size, self.device = copy.deepcopy(generator).eval(), z, len(z), z.device
+
+    def init(self, rng):
+        self.copies = torch.nn.ModuleList(copy.deepcopy(self.base).requires_grad_(True) for _ in range(len(self.z)))
+        return list(self.copies.parameters())
+
+    def images(self):
+        return torch.cat([g(self.z[b:b + 1]) for b, g in enumerate(self.copies)])
+
+    def project(self):
+        pass
+
+    def state(self):
+        return {}
+
+
+def test_vectorised_copies_match_a_loop_over_modules(generator):
+    """Stage 2 in one vmap call computes the same images and weight gradients as one module per image,
+    and takes the same steps (the dynamics are chaotic over long runs, so a few steps are compared)."""
+    model = models.build_model("convnet_fc", in_channels=1)
+    g = torch.Generator().manual_seed(2)
+    targets = generator(torch.randn(3, generator.z_dim, generator=g)).detach().flip(-1)
+    labels = torch.tensor([1, 4, 7])
+    update = fl.client_update(model, targets, labels, share_labels=True)
+    z = torch.randn(3, generator.z_dim, generator=g)
+    vectorised, loop = spaces.GeneratorSpace(generator, 3, z=z), _LoopSpace(generator, z)
+    grads = []
+    for space in (vectorised, loop):
+        weights = space.init(torch.Generator().manual_seed(0))
+        candidate = fl.batch_gradients(model, space.images(), labels, create_graph=True)[0]
+        grads.append(torch.autograd.grad(objectives.gradient_distance(candidate, update.gradients, "cosine"), weights))
+    per_image = [torch.stack([grads[1][i + k * len(grads[0])] for k in range(3)]) for i in range(len(grads[0]))]
+    for a, b in zip(grads[0], per_image):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    kwargs = dict(lr=3e-4, num_iters=5, distance="l2", progress=False)
+    ran = [invert.reconstruct(update, model, space, **kwargs) for space in (vectorised, loop)]
+    assert not torch.allclose(ran[0].images, generator(z).detach(), atol=1e-3)  # the weights moved
+    assert torch.allclose(ran[0].images, ran[1].images, atol=1e-5)
+
+
+def test_shared_generator_space_is_one_copy_for_the_batch(generator):
+    z = torch.randn(3, generator.z_dim, generator=torch.Generator().manual_seed(1))
+    space = spaces.GeneratorSpace(generator, 3, z=z, shared=True)
+    params = space.init(torch.Generator().manual_seed(0))
+    assert all(w.shape == p.shape for w, p in zip(params, generator.parameters()))
+    assert torch.allclose(space.images(), generator(z), atol=1e-6)
+    with torch.no_grad():
+        params[0].add_(0.05)
+    after = space.images().detach()
+    assert all(not torch.allclose(after[b], generator(z)[b]) for b in range(3))  # one copy moves every image
+    adapted = spaces.generator_from_state(generator, space.state())
+    assert torch.allclose(adapted(z), after, atol=1e-6)
 
 
 def test_gias_stage_two_lowers_the_gradient_distance(generator):

@@ -15,8 +15,8 @@ IMAGE_SHAPE = (3, 32, 32)
 def dlg(cifar_image):
     """DLG on the first CIFAR-10 test image (a cat) against LeNet: L-BFGS, 2 restarts of 60 steps.
 
-    Measured (torch 2.14.1, one CPU thread, ~6.5 s): restart 0 (seed 0) stalls at a gradient
-    distance of ~54 (PSNR ~5 dB); restart 1 (seed 1) reaches ~2.5e-5 (PSNR ~40 dB).
+    Measured (torch 2.14.1, one CPU thread, ~6.5 s): both restarts reach a gradient distance of
+    ~2e-5 (PSNR ~40 dB) on one machine; on another, restart 0 stalled at ~54 (PSNR ~5 dB).
     """
     x, y = cifar_image
     model = models.build_model("lenet")
@@ -46,9 +46,9 @@ def test_best_trial_has_the_lowest_gradient_distance(dlg):
     assert rec.grad_loss == min(t.grad_loss for t in rec.trials)
     assert rec.grad_loss == rec.trials[rec.best].grad_loss
     assert torch.equal(rec.images, rec.trials[rec.best].images)
-    # the restarts really differ: one fails, so picking the best matters
-    worst = max(t.grad_loss for t in rec.trials)
-    assert worst > 100 * rec.grad_loss
+    # the restarts start from different random images (whether one of them stalls depends on the
+    # CPU's floating point, so the test does not rely on it)
+    assert not torch.equal(rec.trials[0].history[0].images, rec.trials[1].history[0].images)
     assert rec.grad_loss < 1e-2
     for t in rec.trials:
         assert not t.diverged and len(t.losses) == 60 and all(math.isfinite(v) for v in t.losses)
@@ -272,3 +272,77 @@ def test_show_progress(monkeypatch):
     assert invert.show_progress() is True
     monkeypatch.setenv("GI_TUTORIAL_PROGRESS", "0")
     assert invert.show_progress() is False
+
+
+class _TrapSpace(spaces.PixelSpace):
+    """Pixel space whose first restart starts at ``start`` and turns NaN after ``nan_after`` steps."""
+
+    def __init__(self, shape, start, nan_after, trap_trials=(0,)):
+        super().__init__(shape, box=None)
+        self.start, self.nan_after, self.trap_trials = start, nan_after, trap_trials
+        self.trial, self.steps = -1, 0
+
+    def init(self, rng):
+        self.trial, self.steps = self.trial + 1, 0
+        variables = super().init(rng)
+        if self.trial in self.trap_trials:
+            with torch.no_grad():
+                self.x.copy_(self.start)
+        return variables
+
+    def project(self):
+        self.steps += 1
+        if self.trial in self.trap_trials and self.steps == self.nan_after:
+            with torch.no_grad():
+                self.x.fill_(float("nan"))
+
+
+def test_a_nan_after_the_last_step_marks_the_trial_diverged(lenet_update, cifar_image):
+    model, update = lenet_update
+    x, _ = cifar_image
+    space = _TrapSpace((1, *IMAGE_SHAPE), start=x, nan_after=4)  # the 4th step is the last one
+    rec = invert.reconstruct(update, model, space, num_iters=4, lr=1e-3, progress=False)
+    trial = rec.trials[0]
+    assert trial.diverged and trial.state == {}
+    assert torch.isfinite(rec.images).all() and math.isfinite(rec.grad_loss)
+
+
+def test_a_diverged_trial_never_wins_the_ranking(lenet_update, cifar_image):
+    """Restart 0 starts at the true image (distance ~0) and then turns NaN: restart 1, which
+    finished, must be returned, with its state."""
+    model, update = lenet_update
+    x, _ = cifar_image
+    space = _TrapSpace((1, *IMAGE_SHAPE), start=x, nan_after=2)
+    rec = invert.reconstruct(update, model, space, num_iters=3, restarts=2, lr=1e-3, progress=False)
+    assert rec.trials[0].diverged and rec.trials[0].grad_loss < rec.trials[1].grad_loss
+    assert rec.best == 1 and "x" in rec.trials[rec.best].state
+
+
+def test_gias_says_when_every_latent_restart_diverged():
+    from gi_tutorial import generators
+
+    generator = generators.untrained_generator(seed=0)
+    model = models.build_model("convnet_fc", in_channels=1)
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    update = fl.client_update(model, x, torch.tensor([2]), share_labels=True)
+
+    def nan_prior(images, context):
+        return images.sum() * float("nan")
+
+    with pytest.raises(invert.DivergedError, match="diverged"):
+        invert.gias(update, model, generator, latent_iters=2, weight_iters=2, restarts=2,
+                    latent_priors=[nan_prior], progress=False)
+
+
+def test_inputs_that_do_not_fit_the_model_get_a_clear_error(lenet_update):
+    model, update = lenet_update
+    with pytest.raises(ValueError, match="3-channel images"):
+        invert.reconstruct(update, model, image_shape=(1, 32, 32), num_iters=1, progress=False)
+    with pytest.raises(ValueError, match="cannot take a batch"):
+        invert.reconstruct(update, model, image_shape=(3, 20, 20), num_iters=1, progress=False)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, labels=torch.tensor([10]), num_iters=1,
+                           progress=False)
+    broken = fl.SharedUpdate(tuple(torch.full_like(g, float("nan")) for g in update.gradients), batch_size=1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        invert.reconstruct(broken, model, image_shape=IMAGE_SHAPE, num_iters=1, progress=False)
