@@ -1,12 +1,18 @@
 # Two commands do all the set-up on a fresh machine (Python 3.9+ with venv):
-#   make book   - install, then build the whole book (executing every chapter) into _build/html
+#   make book   - install, fetch the data, then build the whole book (executing every chapter) into _build/html
 #   make test   - install, then run every test (unit tests, every notebook, the book build)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install book test student benchmark generator clean
+# What the book needs at full settings, as name:split[:n] (see python -m gi_tutorial.data --help).
+# The first 20 test images of each dataset ship in the foolbox wheel; the Fashion-MNIST train split
+# (the generator's training data, and the data GIML learns from) does not, so `make data` fetches it:
+# already on disk, else Debian's dataset-fashion-mnist (as root with apt-get), else torchvision's download.
+BOOK_DATA ?= cifar10:test:20 mnist:test:20 fashion_mnist:test:20 fashion_mnist:train
+
+.PHONY: install data book test student colab notebooks vendor browser-check benchmark generator giml clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,21 +22,49 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-book: $(STAMP)
+# Stops before anything executes, naming every source tried, when some data cannot be had.
+data: $(STAMP)
+	$(BIN)/python -m gi_tutorial.data --ensure $(BOOK_DATA)
+
+book: $(STAMP) data
 	GI_TUTORIAL_PROGRESS=0 $(BIN)/jupyter-book build . -W --keep-going
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Student copies of the chapters (student/): solutions replaced by answer stubs, checkers kept
 student: $(STAMP)
 	$(BIN)/python tools/student_notebooks.py
+
+# After editing a chapter: its install cell and badge (from _config.yml), then its Colab copy (colab/)
+notebooks: $(STAMP)
+	$(BIN)/python tools/sync_notebooks.py
+	$(BIN)/python tools/colab_notebooks.py
+
+colab: notebooks
+
+# Re-fetch the pinned MathJax / widget-manager / RequireJS files into vendor/ (needs npm; committed)
+vendor: $(STAMP)
+	$(BIN)/python tools/vendor_js.py
+
+# Headless Chromium on every chapter of _build/html (after make book): math, images, widgets, JS errors;
+# screenshots in _build/screenshots/
+browser-check: $(STAMP)
+	$(BIN)/python tools/browser_check.py _build/html
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 # Re-train the shipped generator (about 10 minutes on one CPU thread; needs the Fashion-MNIST train split)
 generator: $(STAMP)
+	$(BIN)/python -m gi_tutorial.data --ensure fashion_mnist:train
 	$(BIN)/python -m gi_tutorial.generators --steps 4000 --seed 0 --out gi_tutorial/checkpoints/fashion_mnist_dcgan.pt
+
+# Re-run GIML's meta-training from the untrained generator and rewrite the shipped snapshots
+# (about 15 minutes on one idle CPU thread; needs the Fashion-MNIST train split)
+giml: $(STAMP)
+	$(BIN)/python -m gi_tutorial.data --ensure fashion_mnist:train
+	$(BIN)/python -m gi_tutorial.giml --steps 600 --seed 0
 
 clean:
 	rm -rf _build student

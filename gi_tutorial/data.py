@@ -9,7 +9,9 @@ Sources are tried in a fixed order, and the first that has the data wins:
 1. a torchvision-format copy already on disk under ``root`` (argument, else the
    ``GI_TUTORIAL_DATA`` environment variable, else ``~/.cache/gi_tutorial/data``);
 2. for Fashion-MNIST, Debian's ``dataset-fashion-mnist`` package (all 70,000 images in
-   ``/usr/share/datasets/fashion-mnist``);
+   ``/usr/share/datasets/fashion-mnist``, or the folder named by the
+   ``GI_TUTORIAL_DEBIAN_DIR`` environment variable: point it at an empty folder to hide
+   the package, as the fresh-machine test does);
 3. the first 20 test images shipped inside the ``foolbox==3.3.4`` wheel (CIFAR-10,
    Fashion-MNIST, MNIST; read as files, foolbox itself is never imported), when at most
    20 test images are asked for;
@@ -18,6 +20,13 @@ Sources are tried in a fixed order, and the first that has the data wins:
 
 When no source has the data, :class:`DataNotFoundError` names every source tried, why
 it failed, and how to provide the data.
+
+From the command line, ``python -m gi_tutorial.data --ensure fashion_mnist:train
+cifar10:test:20`` makes sure that each ``name:split[:n]`` can be loaded (``make data`` runs
+it before ``make book`` executes anything): it tries the sources above without
+downloading, then, for Fashion-MNIST when run as root where ``apt-get`` exists, installs
+Debian's ``dataset-fashion-mnist``, then torchvision's download into the data root; it
+exits 1 with the error that names every source tried when none has the data.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import importlib.util
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -38,6 +48,8 @@ DATASETS = ("cifar10", "fashion_mnist", "mnist")
 NUM_SHIPPED = 20  # test images per dataset inside the foolbox wheel
 DOWNLOAD_TIMEOUT_S = 20.0
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_DIR_ENV = "GI_TUTORIAL_DEBIAN_DIR"  # overrides DEBIAN_FASHION_MNIST (e.g. an empty folder hides it)
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
 
 CLASS_NAMES = {
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer",
@@ -64,6 +76,12 @@ def default_root() -> Path:
     """Where datasets live: ``GI_TUTORIAL_DATA`` if set, else ``~/.cache/gi_tutorial/data``."""
     env = os.environ.get("GI_TUTORIAL_DATA")
     return Path(env) if env else Path.home() / ".cache" / "gi_tutorial" / "data"
+
+
+def debian_fashion_mnist_dir() -> Path:
+    """Where Debian's Fashion-MNIST files are looked for: ``GI_TUTORIAL_DEBIAN_DIR`` if set, else ``DEBIAN_FASHION_MNIST``."""
+    env = os.environ.get(DEBIAN_DIR_ENV)
+    return Path(env) if env else DEBIAN_FASHION_MNIST
 
 
 @contextlib.contextmanager
@@ -108,7 +126,7 @@ def load_dataset(
         (f"torchvision files under {root}", lambda: _from_torchvision(name, split, root, download=False)),
     ]
     if name == "fashion_mnist":
-        sources.append((f"Debian dataset-fashion-mnist in {DEBIAN_FASHION_MNIST}",
+        sources.append((f"Debian dataset-fashion-mnist in {debian_fashion_mnist_dir()}",
                         lambda: _from_debian_fashion_mnist(split)))
     sources.append(("the 20 test images in the foolbox==3.3.4 wheel", lambda: _from_foolbox(name, split, n)))
     if allow_download:
@@ -195,7 +213,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
 
 
 def _from_debian_fashion_mnist(split: Split, folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    folder = folder or DEBIAN_FASHION_MNIST
+    folder = folder or debian_fashion_mnist_dir()
     prefix = "train" if split == "train" else "t10k"
     images_path = folder / f"{prefix}-images-idx3-ubyte.gz"
     labels_path = folder / f"{prefix}-labels-idx1-ubyte.gz"
@@ -230,3 +248,94 @@ def _from_foolbox(name: str, split: Split, n: int | None) -> tuple[np.ndarray, n
     images = np.stack([np.asarray(Image.open(p)) for _, _, p in found])
     labels = np.array([label for _, label, _ in found])
     return images, labels
+
+
+def _parse_spec(spec: str) -> tuple[str, Split, int | None]:
+    """``"name:split[:n]"`` -> ``(name, split, n)``; ``n`` None means the whole split."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"expected name:split[:n], got {spec!r}")
+    return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None  # type: ignore[return-value]
+
+
+def _install_debian_package() -> str:
+    """Install Debian's Fashion-MNIST package when running as root with apt-get; say what happened."""
+    import shutil
+    import subprocess
+
+    if shutil.which("apt-get") is None:
+        return "apt-get not found"
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return "not root (as root: apt-get install dataset-fashion-mnist)"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for command in (["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE], ["apt-get", "update", "-qq"],
+                    ["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE]):
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if command[1] == "install" and done.returncode == 0:
+            return "installed"
+    return f"apt-get install {DEBIAN_PACKAGE} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
+
+
+def ensure(spec: str, root: str | os.PathLike | None = None, install: bool = True) -> str:
+    """Make sure ``name:split[:n]`` loads, fetching it if the machine allows; return the source that has it.
+
+    Order: what is already on disk (torchvision files, Debian's package); for Fashion-MNIST,
+    installing Debian's package (root and apt-get only); torchvision's download into the
+    data root (with a socket timeout).
+
+    Raises:
+        DataNotFoundError: no source has the data; the message names every source tried.
+    """
+    name, split, n = _parse_spec(spec)
+    name = _canonical(name)
+    try:
+        load_dataset(name, split, n, root=root, allow_download=False)
+        return "already present"
+    except DataNotFoundError as err:
+        first_error = err
+    debian_note = None
+    if name == "fashion_mnist":
+        outcome = _install_debian_package() if install else "not attempted (install=False, --no-install)"
+        if outcome == "installed":
+            try:
+                load_dataset(name, split, n, root=root, allow_download=False)
+                return f"Debian package {DEBIAN_PACKAGE} (just installed)"
+            except DataNotFoundError:
+                pass
+        debian_note = f"  - installing Debian {DEBIAN_PACKAGE}: {outcome}"
+    try:
+        load_dataset(name, split, n, root=root, allow_download=True)
+        return f"torchvision download into {Path(root) if root is not None else default_root()}"
+    except DataNotFoundError as err:
+        message = str(err)
+        if debian_note:
+            lines = message.split("\n")
+            at = next((i for i, line in enumerate(lines) if line.startswith("  - torchvision download")), len(lines) - 1)
+            message = "\n".join(lines[:at] + [debian_note] + lines[at:])
+        raise DataNotFoundError(message) from first_error
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m gi_tutorial.data",
+                                     description="Make sure datasets can be loaded, fetching them if the machine allows.")
+    parser.add_argument("--ensure", nargs="+", required=True, metavar="NAME:SPLIT[:N]",
+                        help="e.g. fashion_mnist:train cifar10:test:20")
+    parser.add_argument("--root", default=None, help="data root (default: $GI_TUTORIAL_DATA or ~/.cache/gi_tutorial/data)")
+    parser.add_argument("--no-install", action="store_true", help="never run apt-get")
+    args = parser.parse_args(argv)
+    failed = False
+    for spec in args.ensure:
+        try:
+            source = ensure(spec, root=args.root, install=not args.no_install)
+        except DataNotFoundError as err:
+            print(f"data: {spec}: NOT AVAILABLE\n{err}", file=sys.stderr)
+            failed = True
+        else:
+            print(f"data: {spec}: {source}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
