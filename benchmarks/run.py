@@ -3,6 +3,7 @@
     python benchmarks/run.py                 # everything (several minutes)
     python benchmarks/run.py --steps         # only the per-step figures
     python benchmarks/run.py --chapters      # only the chapter runtimes (full and quick mode)
+    python benchmarks/run.py --generator     # only GI-z and GIAS stage-2 step costs against GI-x
 
 The overhead ratio compares one iteration of ``invert.reconstruct`` (its marginal cost:
 a run of 2N iterations minus a run of N) with a bare
@@ -26,13 +27,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gi_tutorial import config, fl, invert, models  # noqa: E402
+from gi_tutorial import config, fl, generators, invert, models, spaces  # noqa: E402
 
 
 def bare_steps(model: torch.nn.Module, update: fl.SharedUpdate, labels: torch.Tensor, shape, num_iters: int) -> float:
     """Seconds for ``num_iters`` hand-written gradient-matching steps (the reference cost)."""
     x = torch.rand(shape, requires_grad=True)
-    opt = torch.optim.Adam([x], lr=0.1)
+    opt = torch.optim.Adam([x], lr=0.1, fused=True)  # the fastest Adam torch has, as the library uses
     params = [p for p in model.parameters() if p.requires_grad]
     start = time.perf_counter()
     for _ in range(num_iters):
@@ -77,6 +78,31 @@ def step_figures(name: str, batch_size: int, num_iters: int, rounds: int) -> dic
             "ratio": statistics.median(a / b for a, b in zip(lib, bare))}
 
 
+def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, rounds: int) -> dict[str, float]:
+    """Marginal ms per step of GI-x, GI-z and GIAS stage 2 (per-image copies, vectorised) on one victim."""
+    generator = generators.load_generator()
+    victim = models.build_model(victim_name, in_channels=1)
+    g = torch.Generator().manual_seed(0)
+    x = generator(torch.randn(batch_size, generator.z_dim, generator=g)).detach()
+    update = fl.client_update(victim, x, torch.arange(batch_size) % 10, share_labels=True)
+    z = torch.randn(batch_size, generator.z_dim, generator=g)
+    make_space = {"GI-x": lambda: None, "GI-z": lambda: spaces.LatentSpace(generator, batch_size),
+                  "stage 2": lambda: spaces.GeneratorSpace(generator, batch_size, z=z)}
+
+    def marginal(name: str) -> float:
+        def run(n: int) -> float:
+            return invert.reconstruct(update, victim, make_space[name](), image_shape=(1, 32, 32), num_iters=n,
+                                      lr=1e-3, distance="cosine", progress=False).seconds
+        return (run(2 * num_iters) - run(num_iters)) / num_iters
+
+    times = {name: [] for name in make_space}
+    for _ in range(rounds):  # interleaved, so machine load affects every method alike
+        for name in make_space:
+            times[name].append(marginal(name))
+    ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    return {**ms, "z_ratio": ms["GI-z"] / ms["GI-x"], "w_ratio": ms["stage 2"] / ms["GI-x"]}
+
+
 def chapter_seconds(notebook: Path, quick: bool) -> float:
     """Wall time to execute a notebook top to bottom in a fresh kernel."""
     env = dict(os.environ, GI_TUTORIAL_QUICK="1" if quick else "0", GI_TUTORIAL_PROGRESS="0")
@@ -92,8 +118,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", action="store_true", help="only the per-step figures")
     parser.add_argument("--chapters", action="store_true", help="only the chapter runtimes")
+    parser.add_argument("--generator", action="store_true", help="only the generator-space step costs")
     args = parser.parse_args()
-    both = not (args.steps or args.chapters)
+    both = not (args.steps or args.chapters or args.generator)
     config.set_threads()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores")
     if args.steps or both:
@@ -102,6 +129,13 @@ def main() -> None:
             f = step_figures(name, b, iters, rounds)
             print(f"  {name:9s} batch {b}: library {f['library_ms']:8.1f} ms, bare {f['bare_ms']:8.1f} ms, "
                   f"ratio {f['ratio']:.3f}")
+    if args.generator or both:
+        print("\nms per step in the generator's spaces against pixel space (cosine, Adam; stage 2 = per-image copies):")
+        for victim in ("convnet_fc", "convnet_gap"):
+            for b in (1, 4, 8):
+                f = generator_step_figures(victim, b, 20, 3)
+                print(f"  {victim:11s} batch {b}: GI-x {f['GI-x']:6.1f} ms, GI-z {f['GI-z']:6.1f} ms, "
+                      f"stage 2 {f['stage 2']:6.1f} ms; GI-z / GI-x {f['z_ratio']:.2f}, stage 2 / GI-x {f['w_ratio']:.2f}")
     if args.chapters or both:
         print("\nseconds per chapter (fresh kernel, top to bottom):")
         total = {"full": 0.0, "quick": 0.0}

@@ -173,3 +173,26 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     except ImportError:
         return
     myst_glue(name, value, display=display)
+
+
+def flow_diagram(steps: Sequence[str], loop_back: tuple[int, int] | None = None, loop_label: str = "",
+                 title: str | None = None, size: tuple[float, float] = (10.0, 2.2)) -> plt.Figure:
+    """Boxes in a row joined by arrows, with an optional arrow back from box ``loop_back[0]`` to ``loop_back[1]``."""
+    fig, ax = plt.subplots(figsize=size)
+    ax.set_xlim(0, len(steps))
+    ax.set_ylim(-0.9, 1)
+    ax.axis("off")
+    for i, text in enumerate(steps):
+        ax.text(i + 0.5, 0.3, text, ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5"))
+        if i + 1 < len(steps):
+            ax.annotate("", xy=(i + 1.12, 0.3), xytext=(i + 0.88, 0.3), arrowprops=dict(arrowstyle="->", lw=1.5))
+    if loop_back is not None:
+        a, b = loop_back
+        ax.annotate("", xy=(b + 0.5, -0.15), xytext=(a + 0.5, -0.15),
+                    arrowprops=dict(arrowstyle="->", lw=1.2, connectionstyle="arc3,rad=0.35", color="#a54a4a"))
+        ax.text((a + b) / 2 + 0.5, -0.75, loop_label, ha="center", fontsize=8, color="#a54a4a")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
