@@ -1,8 +1,10 @@
 """What a gradient gives away in closed form, without any optimisation.
 
 - Label recovery from the last layer (iDLG, Zhao et al., 2020): with cross-entropy, the
-  weight gradient of the output layer is ``(softmax(z) - onehot(y)) a^T``; for a
-  non-negative input ``a`` only the true class's row is negative.
+  bias gradient of the output layer is ``softmax(z) - onehot(y)``, whose only negative
+  entry is the true class, whatever the activations before it. Its weight gradient is
+  ``(softmax(z) - onehot(y)) a^T``: iDLG's rule, the row that sums negative, needs a
+  non-negative input ``a`` (sigmoid, ReLU) and is only the fallback for a layer without bias.
 - Exact input recovery from a fully connected layer with bias (Phong et al., 2018;
   Geiping et al., 2020): ``dL/dW = delta x^T`` and ``dL/db = delta``, so for one image
   ``x = (dL/dW)_i / (dL/db)_i`` for any row ``i`` with ``(dL/db)_i != 0``.
@@ -41,51 +43,83 @@ def linear_gradients(update: SharedUpdate, model: nn.Module, layer: nn.Linear) -
     return weight_grad, bias_grad
 
 
-def recover_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
-    """iDLG: the label of a single image, the class whose last-layer weight-gradient row sums negative.
+def label_scores(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
+    """One score per class, negative for the classes of the batch: what label recovery ranks.
 
-    Assumes the last layer's input is non-negative (after a sigmoid or ReLU-like layer).
+    The last linear layer's bias gradient when it has a bias: with the mean cross-entropy
+    over ``B`` images it is ``(sum_b softmax(z_b) - counts) / B``, exact for any
+    activation. Without a bias, the row sums of its weight gradient,
+    ``sum_b (softmax(z_b) - onehot(y_b)) sum(a_b) / B`` (iDLG), whose signs are right only
+    when the layer's input ``a`` is non-negative (after a sigmoid or a ReLU; not after a
+    LeakyReLU).
 
     Returns:
-        a ``(1,)`` int64 tensor.
+        a ``(num_classes,)`` tensor on the gradient's device.
+
+    Raises:
+        ValueError: the model has no linear layer, or the update does not match the model.
     """
-    weight_grad, _ = last_linear_gradients(update, model)  # (num_classes, features)
-    return torch.tensor([label_from_weight_gradient(weight_grad)])
+    weight_grad, bias_grad = last_linear_gradients(update, model)  # (num_classes, features), (num_classes,)
+    return bias_grad if bias_grad is not None else weight_grad.sum(dim=1)
+
+
+def recover_label(update: SharedUpdate, model: nn.Module) -> torch.Tensor:
+    """The label of a single image: the class whose score (:func:`label_scores`) is lowest.
+
+    With a bias on the last layer this is exact for any model: the bias gradient is
+    ``softmax(z) - onehot(y)``, negative only at the label (unless the model gives the
+    label a probability that rounds to 1, when the gradient is all zeros and nothing
+    leaks). Without a bias it falls back to iDLG's weight-row sums, which need a
+    non-negative input to the last layer.
+
+    Returns:
+        a ``(1,)`` int64 tensor on the gradient's device.
+
+    Raises:
+        ValueError: the model has no linear layer, or the update does not match the model.
+    """
+    return label_scores(update, model).argmin().reshape(1)
 
 
 def label_from_weight_gradient(weight_grad: torch.Tensor) -> int:
-    """iDLG's rule on the output layer's weight gradient ``(num_classes, features)``: the row that sums negative."""
+    """iDLG's rule on the output layer's weight gradient ``(num_classes, features)``: the row that sums negative.
+
+    Right only when the layer's input is non-negative; :func:`recover_label` prefers the bias gradient.
+
+    Raises:
+        ValueError: a gradient that is not 2-D.
+    """
     if weight_grad.ndim != 2:
         raise ValueError(f"expected a weight gradient of shape (num_classes, features), got {tuple(weight_grad.shape)}")
     return int(weight_grad.sum(dim=1).argmin())
 
 
 def recover_labels(update: SharedUpdate, model: nn.Module, batch_size: int | None = None) -> torch.Tensor:
-    """Labels of a batch whose labels are all different: the classes with the most negative row sums.
+    """Labels of a batch whose labels are all different: the ``B`` classes with the lowest scores.
 
-    Each image adds ``(p - onehot(y)) a^T / B`` to the output layer's weight gradient: a
-    negative term to its own class's row, positive terms to every row it gives
-    probability to. With ``B`` known (from the update or the argument), the ``B`` most
-    negative rows are taken. This is right when no class collects much probability from
-    the other images of the batch (typical of an untrained model, whose predictions are
-    spread out); a class that the model predicts for most images can end up positive and
-    be missed. Repeated labels can never be counted: the row sums cannot say how many
-    images a class had.
+    With a bias on the last layer, the score of class ``c`` is the bias gradient
+    ``(P_c - n_c) / B``, where ``P_c = sum_b softmax(z_b)_c`` is the probability the
+    whole batch gives ``c`` and ``n_c`` the number of images labelled ``c``. A class
+    outside the batch scores ``P_c / B >= 0``. So the result is exact, for any
+    activation, when the labels are unique and every one of them has ``P_c < 1`` (strictly
+    negative score): typical of an untrained model, whose predictions are spread out.
+    A class that the model predicts for most images can collect ``P_c >= 1``, score
+    non-negative and be missed. Repeated labels are never counted. Without a bias the
+    weight-row sums are used (iDLG), which also need a non-negative input to the last layer.
 
     Returns:
-        the recovered labels, sorted, as an int64 tensor.
+        the recovered labels, sorted, as an int64 tensor on the gradient's device.
 
     Raises:
         ValueError: the batch size is unknown, or larger than the number of classes.
     """
-    weight_grad, _ = last_linear_gradients(update, model)
+    scores = label_scores(update, model)
     batch_size = batch_size or update.batch_size
     if batch_size is None:
         raise ValueError("recover_labels needs the batch size: pass batch_size or share it in the update")
-    if batch_size > weight_grad.shape[0]:
-        raise ValueError(f"a batch of {batch_size} cannot have unique labels among {weight_grad.shape[0]} classes")
-    row_sums = weight_grad.sum(dim=1)
-    return row_sums.argsort()[:batch_size].sort().values
+    if batch_size > scores.shape[0]:
+        raise ValueError(f"a batch of {batch_size} cannot have unique labels among {scores.shape[0]} classes")
+    return scores.argsort()[:batch_size].sort().values
 
 
 def recover_fc_input(weight_grad: torch.Tensor, bias_grad: torch.Tensor) -> torch.Tensor:

@@ -13,9 +13,13 @@ mean squared error) before any score is computed.
   ``$TORCH_HOME/hub/checkpoints``) and otherwise returns an :class:`LPIPSMetric` whose
   ``available`` is False and whose ``reason`` says why: tables then say "not computed".
   A random backbone is never substituted.
-- Above about 40 dB a reconstruction is a numerical copy; means over such copies say
-  little, so :func:`summarize` also reports PSNR capped at 40 dB and the share of images
-  above a threshold.
+- Every function accepts tensors on any device (the attack may run on a GPU) and
+  returns CPU tensors or Python floats: scores are small, and NumPy/SciPy need the CPU.
+- 40 dB is a root-mean-square error of 1% of the pixel range (about 2.5 of 255 grey
+  levels): the eye sees no difference, but it is not a copy. Above it, PSNR keeps growing
+  with every digit the optimiser gains and a mean is dominated by the best images, so
+  :func:`summarize` also reports PSNR capped at 40 dB and the share of images above a
+  threshold.
 """
 from __future__ import annotations
 
@@ -36,44 +40,56 @@ PSNR_EXACT = 100.0  # an exact copy (PSNR inf in float32) counts as this in a pl
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 
 
-def _check_pair(reconstruction: torch.Tensor, truth: torch.Tensor) -> None:
+def _cpu_pair(reconstruction: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both images as detached float32 CPU tensors, after checking that they are (B, C, H, W) and of one shape."""
     if reconstruction.ndim != 4 or reconstruction.shape != truth.shape:
         raise ValueError(
             "reconstruction and truth must both be (B, C, H, W) and of the same shape, got "
             f"{tuple(reconstruction.shape)} and {tuple(truth.shape)}"
         )
+    return reconstruction.detach().cpu().float(), truth.detach().cpu().float()
 
 
 def psnr(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [0, 1], ``(B,)``; an exact copy gives inf.
+    """Per-image PSNR in dB for images in [0, 1], ``(B,)`` on the CPU; an exact copy gives inf.
+
+    ``PSNR = 10 log10(1 / MSE)``, the mean squared error taken over each image's pixels.
 
     >>> x = torch.zeros(1, 1, 4, 4)
     >>> round(psnr(x + 0.1, x).item(), 4)
     20.0
+
+    Raises:
+        ValueError: inputs that are not two (B, C, H, W) batches of one shape.
     """
-    _check_pair(reconstruction, truth)
-    return peak_signal_noise_ratio(reconstruction.detach().float(), truth.detach().float(), data_range=1.0,
-                                   reduction="none", dim=(1, 2, 3))
+    r, t = _cpu_pair(reconstruction, truth)
+    return peak_signal_noise_ratio(r, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def ssim(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM (Gaussian window, sigma 1.5) for images in [0, 1], ``(B,)``."""
-    _check_pair(reconstruction, truth)
-    return structural_similarity_index_measure(reconstruction.detach().float(), truth.detach().float(),
-                                               data_range=1.0, reduction="none")
+    """Per-image SSIM (Gaussian window, sigma 1.5) for images in [0, 1], ``(B,)`` on the CPU.
+
+    Raises:
+        ValueError: inputs that are not two (B, C, H, W) batches of one shape.
+    """
+    r, t = _cpu_pair(reconstruction, truth)
+    return structural_similarity_index_measure(r, t, data_range=1.0, reduction="none")
 
 
 def match_batch(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """The order of the reconstruction that best matches the truth: ``reconstruction[order]`` pairs with ``truth``.
 
+    The order is an int64 CPU tensor (index a tensor on another device with ``order.to(device)``).
+
     >>> truth = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
     >>> match_batch(truth.flip(0), truth).tolist()
     [1, 0]
+
+    Raises:
+        ValueError: inputs that are not two (B, C, H, W) batches of one shape.
     """
-    _check_pair(reconstruction, truth)
-    r = reconstruction.detach().flatten(1).double()
-    t = truth.detach().flatten(1).double()
-    cost = torch.cdist(t, r).pow(2).numpy()  # (truth, reconstruction)
+    r, t = _cpu_pair(reconstruction, truth)
+    cost = torch.cdist(t.flatten(1).double(), r.flatten(1).double()).pow(2).numpy()  # (truth, reconstruction)
     _, columns = linear_sum_assignment(cost)
     return torch.as_tensor(columns, dtype=torch.int64)
 
@@ -91,12 +107,16 @@ class LPIPSMetric:
 
     @torch.no_grad()
     def __call__(self, reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor | None:
-        """Per-image LPIPS ``(B,)`` (lower is closer), or None when not available."""
+        """Per-image LPIPS ``(B,)`` on the CPU (lower is closer), or None when not available.
+
+        Raises:
+            ValueError: inputs that are not two (B, C, H, W) batches of one shape.
+        """
         if self.model is None:
             return None
-        _check_pair(reconstruction, truth)
+        r, t = _cpu_pair(reconstruction, truth)
         device = next(self.model.parameters()).device
-        r, t = reconstruction.to(device).float(), truth.to(device).float()
+        r, t = r.to(device), t.to(device)
         if r.shape[1] == 1:  # the backbone expects RGB
             r, t = r.expand(-1, 3, -1, -1), t.expand(-1, 3, -1, -1)
         return self.model(r, t, normalize=True).flatten().cpu()  # normalize: [0, 1] -> [-1, 1]
@@ -188,9 +208,15 @@ def evaluate(
     lpips_metric: LPIPSMetric | None = None,
     match: bool = True,
 ) -> Scores:
-    """Match the batch (unless ``match=False``), then score every image."""
-    reconstruction = reconstruction.detach().cpu().clamp(0, 1)
-    truth = truth.detach().cpu()
+    """Clamp the reconstruction to [0, 1], match the batch (unless ``match=False``), then score every image.
+
+    Inputs may live on any device; every score in the result is a CPU tensor.
+
+    Raises:
+        ValueError: inputs that are not two (B, C, H, W) batches of one shape.
+    """
+    reconstruction, truth = _cpu_pair(reconstruction, truth)
+    reconstruction = reconstruction.clamp(0, 1)
     order = match_batch(reconstruction, truth) if match else torch.arange(len(truth))
     matched = reconstruction[order]
     return Scores(

@@ -10,10 +10,14 @@
 - :func:`resnet18`: torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 first
   convolution, no max-pool) and BatchNorm, as used by Geiping et al. (2020).
 
-All take ``in_channels`` (1 for Fashion-MNIST, 3 for CIFAR-10) and 32x32 inputs.
+All take ``in_channels`` (1 for Fashion-MNIST, 3 for CIFAR-10) and 32x32 inputs. Every
+model records what it accepts as ``model.in_channels`` and ``model.image_size`` (None
+where a pooled head takes any size), and :func:`check_input` checks a batch against them
+before any forward pass, with an error that says what was expected.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Literal, Sequence
 
 import torch
@@ -28,6 +32,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, hidden: int = 256, image_size: int = 32):
         super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
         self.hidden = nn.Linear(in_channels * image_size * image_size, hidden)
         self.classifier = nn.Linear(hidden, num_classes)
 
@@ -40,6 +45,7 @@ class LeNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32):
         super().__init__()
+        self.in_channels, self.image_size = in_channels, image_size
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 12, 5, stride=2, padding=2), nn.Sigmoid(),  # (B, 12, S/2, S/2)
             nn.Conv2d(12, 12, 5, stride=2, padding=2), nn.Sigmoid(),  # (B, 12, S/4, S/4)
@@ -54,7 +60,11 @@ class LeNet(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """3x3 convolutions with LeakyReLU (and optional BatchNorm), then a linear classifier."""
+    """3x3 convolutions with LeakyReLU (and optional BatchNorm), then a linear classifier.
+
+    ``image_size`` fixes the input size of the flatten head; the pooled head takes any size
+    (``self.image_size`` is then None).
+    """
 
     def __init__(
         self,
@@ -71,6 +81,7 @@ class ConvNet(nn.Module):
             raise ValueError(f"widths and strides must have the same length, got {len(widths)} and {len(strides)}")
         if head not in ("flatten", "gap"):
             raise ValueError(f"head must be 'flatten' or 'gap', got {head!r}")
+        self.in_channels, self.image_size = in_channels, (image_size if head == "flatten" else None)
         layers: list[nn.Module] = []
         channels, size = in_channels, image_size
         for width, stride in zip(widths, strides):
@@ -88,10 +99,14 @@ class ConvNet(nn.Module):
 
 
 def resnet18(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
-    """ResNet-18 with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool."""
+    """ResNet-18 with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool.
+
+    Its global average pooling takes any image size (``model.image_size`` is None).
+    """
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
+    model.in_channels, model.image_size = in_channels, None
     return model
 
 
@@ -103,13 +118,22 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
             (ConvNet, fully connected head on the 8x8 feature map), ``"convnet_gap"`` (four
             convolutions, global average pooling), ``"convnet_bn"`` (two convolutions with
             BatchNorm, fully connected head) or ``"resnet18"`` (CIFAR stem).
-        in_channels: 1 or 3.
+        in_channels: 1 or 3 (any positive number works).
         num_classes: size of the classifier's output.
         seed: seed of the random initialisation.
 
+    Returns:
+        the model, with ``in_channels`` and ``image_size`` attributes (see :func:`check_input`).
+
     Raises:
-        ValueError: unknown name.
+        ValueError: an unknown name (the message lists the valid ones), or ``in_channels``
+            or ``num_classes`` that is not a positive integer.
     """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    for arg, value in (("in_channels", in_channels), ("num_classes", num_classes)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{arg} must be a positive integer, got {value!r}")
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -123,10 +147,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
             model = ConvNet(in_channels, num_classes, widths=(32, 64, 128, 128), strides=(1, 2, 2, 1), head="gap")
         elif name == "convnet_bn":
             model = ConvNet(in_channels, num_classes, widths=(16, 32), strides=(1, 2), head="flatten", batch_norm=True)
-        elif name == "resnet18":
-            model = resnet18(in_channels, num_classes)
         else:
-            raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+            model = resnet18(in_channels, num_classes)
     finally:
         torch.random.set_rng_state(generator_state)
     return model
@@ -135,3 +157,35 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
 def num_parameters(model: nn.Module) -> int:
     """Number of trainable parameters, which is also the length of the shared gradient."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def check_input(model: nn.Module, images: torch.Tensor | Sequence[int]) -> None:
+    """Check that a batch fits a model, before any forward pass.
+
+    Reads ``model.in_channels`` and ``model.image_size`` (set by every model of this module;
+    a model without them, or an ``image_size`` of None, is not checked on that count).
+
+    Args:
+        model: the victim model.
+        images: a batch ``(B, C, H, W)``, or its shape (``(B, C, H, W)`` or ``(C, H, W)``).
+
+    Raises:
+        ValueError: a shape that is not ``(B, C, H, W)`` or ``(C, H, W)``, or channels or a
+            size that the model does not take; the message says what it expected.
+
+    >>> check_input(build_model("lenet"), torch.zeros(2, 1, 32, 32))
+    Traceback (most recent call last):
+    ...
+    ValueError: LeNet expects 3-channel images, got 1 channel(s) (batch shape (2, 1, 32, 32))
+    """
+    shape = tuple(images.shape) if isinstance(images, torch.Tensor) else tuple(images)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"images must be (B, C, H, W) (or a shape (C, H, W)), got shape {shape}")
+    c, h, w = shape[-3:]
+    name = type(model).__name__
+    in_channels = getattr(model, "in_channels", None)
+    if in_channels is not None and c != in_channels:
+        raise ValueError(f"{name} expects {in_channels}-channel images, got {c} channel(s) (batch shape {shape})")
+    size = getattr(model, "image_size", None)
+    if size is not None and (h, w) != (size, size):
+        raise ValueError(f"{name} expects {size}x{size} images, got {h}x{w} (batch shape {shape})")

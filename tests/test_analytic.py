@@ -159,3 +159,133 @@ def test_count_unknowns():
 def test_count_unknowns_errors(lenet, shape, batch, match):
     with pytest.raises(ValueError, match=match):
         analytic.count_unknowns(lenet, shape, batch)
+
+
+# LeakyReLU victims: the last layer's input can be negative, so only the bias gradient is exact.
+LEAKY_VICTIMS = ("convnet_fc", "convnet_gap", "convnet_bn")
+
+
+def _single_image_cases(name, num_seeds=3, num_images=4, negative_features=False):
+    """(model, update, label, features) for random images of every class, one image per update.
+
+    ``negative_features`` shifts the bias of the last layer before the last LeakyReLU to -2 (as
+    training can), so the last linear layer's input is mostly negative.
+    """
+    for seed in range(num_seeds):
+        model = models.build_model(name, seed=seed)
+        if negative_features:
+            last = [m for m in model.features if isinstance(m, (torch.nn.Conv2d, torch.nn.BatchNorm2d))][-1]
+            with torch.no_grad():
+                last.bias.fill_(-2.0)
+        g = torch.Generator().manual_seed(seed)
+        for i in range(num_images):
+            x = torch.rand(1, 3, 32, 32, generator=g) * 2 - 0.5  # also pixels outside [0, 1]
+            y = torch.tensor([(3 * seed + 7 * i) % 10])
+            with torch.no_grad():
+                features = model.pool(model.features(x)).flatten(1)  # the last linear layer's input
+            yield model, fl.client_update(model, x, y), y, features
+
+
+@pytest.mark.parametrize("negative_features", [False, True])
+@pytest.mark.parametrize("name", LEAKY_VICTIMS)
+def test_recover_label_is_exact_on_the_leaky_relu_convnets(name, negative_features):
+    for model, update, y, features in _single_image_cases(name, negative_features=negative_features):
+        assert torch.equal(analytic.recover_label(update, model), y)
+        weight_grad, bias_grad = analytic.last_linear_gradients(update, model)
+        # the bias gradient is softmax - onehot: negative at the label only, and its entries sum to 0
+        assert (bias_grad < 0).nonzero().flatten().tolist() == y.tolist()
+        assert abs(bias_grad.sum().item()) < 1e-6
+        # iDLG's weight-row rule: the row sums are the bias gradient times the sum of the features,
+        # so they pick the label only while that sum is positive
+        torch.testing.assert_close(weight_grad.sum(dim=1), bias_grad * features.sum(), rtol=1e-4, atol=1e-6)
+        row_rule_right = analytic.label_from_weight_gradient(weight_grad) == y.item()
+        assert row_rule_right == (features.sum() > 0).item()
+        assert row_rule_right != negative_features
+
+
+def test_recover_label_is_exact_on_real_images(cifar_batch):
+    images, labels = cifar_batch
+    for name in (*LEAKY_VICTIMS, "lenet", "mlp"):
+        for seed in range(2):
+            model = models.build_model(name, seed=seed)
+            for i in range(len(images)):
+                update = fl.client_update(model, images[i:i + 1], labels[i:i + 1])
+                assert torch.equal(analytic.recover_label(update, model), labels[i:i + 1]), (name, seed, i)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_recover_label_is_exact_on_resnet18(seed, cifar_batch):
+    model = models.build_model("resnet18", seed=seed)  # train mode: BatchNorm uses the image's own statistics
+    images, labels = cifar_batch
+    for i in (seed, seed + 1):
+        update = fl.client_update(model, images[i:i + 1], labels[i:i + 1])
+        assert torch.equal(analytic.recover_label(update, model), labels[i:i + 1])
+    x, y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)), torch.tensor([9 - seed])
+    assert analytic.recover_label(fl.client_update(model, x, y), model).tolist() == [9 - seed]
+
+
+def test_recover_label_falls_back_to_the_weight_rows_without_a_bias():
+    model = models.build_model("lenet", seed=2)
+    model.classifier.bias = None  # the last layer has no bias: iDLG's rule on its (sigmoid, positive) input
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    update = fl.client_update(model, x, torch.tensor([6]))
+    weight_grad, bias_grad = analytic.last_linear_gradients(update, model)
+    assert bias_grad is None
+    torch.testing.assert_close(analytic.label_scores(update, model), weight_grad.sum(dim=1))
+    assert analytic.recover_label(update, model).tolist() == [6]
+
+
+def _batch_probability(model, x):
+    """The probability the whole batch gives each class, ``sum_b softmax(z_b)``, in the client's mode."""
+    import copy
+    with torch.no_grad():
+        return copy.deepcopy(model)(x).softmax(dim=1).sum(dim=0)
+
+
+@pytest.mark.parametrize("name", LEAKY_VICTIMS)
+def test_recover_labels_is_exact_on_the_leaky_relu_convnets(name):
+    """Unique labels, each given total probability < 1 by the batch: the B lowest bias entries are the labels."""
+    for seed in range(3):
+        model = models.build_model(name, seed=seed)
+        g = torch.Generator().manual_seed(100 + seed)
+        x, y = torch.rand(4, 3, 32, 32, generator=g), torch.randperm(10, generator=g)[:4]
+        update = fl.client_update(model, x, y)
+        assert (_batch_probability(model, x)[y] < 1).all()  # the documented condition holds here
+        _, bias_grad = analytic.last_linear_gradients(update, model)
+        assert set((bias_grad < 0).nonzero().flatten().tolist()) == set(y.tolist())
+        assert analytic.recover_labels(update, model).tolist() == sorted(y.tolist())
+
+
+def test_recover_labels_misses_a_label_only_when_the_batch_favours_it():
+    """The documented limit: class 3 gets total probability >= 1 from the batch, its bias entry turns
+    non-negative and another class takes its place; the labels with probability < 1 are all found."""
+    model = models.build_model("lenet", seed=1)  # predicts class 3 for most inputs
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(17))
+    y = torch.tensor([0, 9, 5, 3])
+    mass = _batch_probability(model, x)
+    assert mass[3] >= 1 and (mass[[0, 9, 5]] < 1).all()
+    update = fl.client_update(model, x, y)
+    _, bias_grad = analytic.last_linear_gradients(update, model)
+    assert bias_grad[3] >= 0
+    recovered = analytic.recover_labels(update, model).tolist()
+    assert 3 not in recovered and {0, 5, 9} <= set(recovered)
+
+
+def test_label_scores_and_labels_stay_on_the_gradients_device(lenet_update):
+    model, update = lenet_update
+    label = analytic.recover_label(update, model)
+    assert label.dtype == torch.int64 and label.device == update.gradients[-1].device
+    labels = analytic.recover_labels(update, model)
+    assert labels.dtype == torch.int64 and labels.device == update.gradients[-1].device
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_recovered_labels_are_on_cuda_for_a_cuda_update(cifar_image):
+    x, y = cifar_image
+    for name in ("lenet", "convnet_fc"):
+        model = models.build_model(name).cuda()
+        update = fl.client_update(model, x.cuda(), y.cuda())
+        label = analytic.recover_label(update, model)
+        assert label.device.type == "cuda" and label.dtype == torch.int64 and label.tolist() == y.tolist()
+        labels = analytic.recover_labels(update, model)
+        assert labels.device.type == "cuda" and labels.tolist() == y.tolist()

@@ -255,3 +255,35 @@ def test_format_value():
     assert viz.format_value(True) == "True"
     assert viz.format_value(0.123456, "{:.3f}") == "0.123"
     assert viz.format_value("text") == "text"
+
+
+def test_evaluate_rejects_batches_of_different_sizes_even_unmatched():
+    truth = _rand(3, 3, 8, 8)
+    with pytest.raises(ValueError, match="same shape"):
+        metrics.evaluate(truth[:2], truth, match=False)
+
+
+def test_scores_are_cpu_tensors():
+    truth = _rand(2, 3, 16, 16)
+    scores = metrics.evaluate(truth.flip(0), truth)
+    for value in (scores.psnr, scores.ssim, scores.order, metrics.match_batch(truth, truth)):
+        assert value.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_accept_cuda_tensors():
+    truth = _rand(4, 3, 32, 32)
+    perm = torch.tensor([2, 3, 1, 0])
+    noisy = (truth[perm] + 0.05 * torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))).clamp(0, 1)
+    on_cpu = metrics.evaluate(noisy, truth)
+    for r, t in [(noisy.cuda(), truth.cuda()), (noisy.cuda(), truth), (noisy, truth.cuda())]:
+        order = metrics.match_batch(r, t)
+        assert order.device.type == "cpu" and torch.equal(perm[order], torch.arange(4))
+        scores = metrics.evaluate(r, t)
+        for value in (scores.psnr, scores.ssim, scores.order):
+            assert value.device.type == "cpu"
+        torch.testing.assert_close(scores.psnr, on_cpu.psnr)
+        torch.testing.assert_close(scores.ssim, on_cpu.ssim)
+        assert metrics.psnr(r, t).device.type == "cpu" and metrics.ssim(r, t).device.type == "cpu"
+        summary = metrics.summarize(scores)
+        assert isinstance(summary["psnr"], float) and summary["share_above"] == 0.0
