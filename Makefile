@@ -10,9 +10,9 @@ STAMP := $(VENV)/.installed
 # The first 20 test images of each dataset ship in the foolbox wheel; the Fashion-MNIST train split
 # (the generator's training data, and the data GIML learns from) does not, so `make data` fetches it:
 # already on disk, else Debian's dataset-fashion-mnist (as root with apt-get), else torchvision's download.
-BOOK_DATA ?= cifar10:test:20 mnist:test:20 fashion_mnist:test:20 fashion_mnist:train
+BOOK_DATA ?= cifar10:test:20 mnist:test:20 fashion_mnist:test fashion_mnist:train
 
-.PHONY: install data book test student colab notebooks vendor browser-check benchmark generator giml clean
+.PHONY: install data book test student colab notebooks vendor browser-check benchmark peer-benchmark generator giml clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ browser-check: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py
+
+# Side by side with breaching 0.1.2 on its own ResNet-18 case, in a separate venv under $GI_PEER_ROOT
+# (default /tmp/gi-peer; never the project's .venv). About an hour on one idle core; PEER_ARGS=--quick: a smoke test
+peer-benchmark:
+	$(PYTHON) benchmarks/peer.py $(PEER_ARGS)
 
 # Re-train the shipped generator (about 10 minutes on one CPU thread; needs the Fashion-MNIST train split)
 generator: $(STAMP)

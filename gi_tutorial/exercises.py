@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn as nn
 
 from . import analytic, fl, models, objectives, priors
 
@@ -240,3 +241,131 @@ def check_generator_copies(student: Callable) -> bool:
         assert all(torch.equal(v, generator.state_dict()[k]) for k, v in before.items()), (
             f"stage-2 copies, case {case}: the original generator was changed")
     return _passed("generator copies", NUM_CASES)
+
+
+def check_reptile_step(student: Callable) -> bool:
+    """Chapter 5: ``student(theta, adapted, epsilon)`` returns ``theta + epsilon * mean_i(adapted_i - theta)``.
+
+    ``theta`` is a list of tensors, ``adapted`` a list (one per task) of such lists. The
+    inputs must not change; a case where every adapted list equals ``theta`` must give a
+    zero step, and the others a step of exactly the right size.
+    """
+    from .giml import reptile_step
+
+    for case in range(NUM_CASES):
+        g = torch.Generator().manual_seed(700 + case)
+        shapes = [(3, 2), (4,), (2, 2, 2)]
+        theta = [torch.randn(s, generator=g) for s in shapes]
+        tasks = 1 + case % 3
+        adapted = [[p.clone() if case == 0 else p + torch.randn(p.shape, generator=g) for p in theta]
+                   for _ in range(tasks)]
+        epsilon = (0.1, 0.5, 1.0, 0.25, 0.05)[case]
+        before = [p.clone() for p in theta], [[p.clone() for p in ps] for ps in adapted]
+        got = student(theta, adapted, epsilon)
+        reference = nn.Module()
+        reference.params = nn.ParameterList(nn.Parameter(p.clone()) for p in theta)
+        modules = []
+        for ps in adapted:
+            m = nn.Module()
+            m.params = nn.ParameterList(nn.Parameter(p.clone()) for p in ps)
+            modules.append(m)
+        reptile_step(reference, modules, epsilon)
+        assert len(got) == len(theta), f"Reptile step, case {case}: expected {len(theta)} tensors, got {len(got)}"
+        for i, (a, b) in enumerate(zip(got, reference.params)):
+            _close(f"Reptile step, tensor {i}", case, a.detach(), b.detach(), atol=1e-6)
+        assert all(torch.equal(p, q) for p, q in zip(theta, before[0])), f"Reptile step, case {case}: theta was changed"
+        assert all(torch.equal(p, q) for ps, qs in zip(adapted, before[1]) for p, q in zip(ps, qs)), (
+            f"Reptile step, case {case}: the adapted weights were changed")
+    return _passed("Reptile step", NUM_CASES)
+
+
+def check_inner_round(student: Callable) -> bool:
+    """Chapter 5: ``student(update, model, generator)`` returns the adapted generator of one GIML task.
+
+    The result must be a new module with the generator's architecture, the original must be
+    unchanged, the weights must have moved, and a latent search with the adapted generator
+    must match the update's gradient better than the same search with the original.
+    """
+    from .invert import reconstruct
+    from .spaces import LatentSpace
+
+    cases = 3
+    for case in range(cases):
+        generator = _small_generator(800 + case)
+        model = models.ConvNet(1, 10, widths=(4, 8), strides=(2, 2), head="flatten")
+        g = torch.Generator().manual_seed(case)
+        b = 1 + case % 2
+        x = torch.rand(b, 1, 32, 32, generator=g)
+        update = fl.client_update(model, x, torch.randint(0, 10, (b,), generator=g), share_labels=True)
+        before = {k: v.clone() for k, v in generator.state_dict().items()}
+        adapted = student(update, model, generator)
+        assert isinstance(adapted, nn.Module) and adapted is not generator, (
+            f"inner round, case {case}: return a new generator module, not the original")
+        assert all(torch.equal(v, generator.state_dict()[k]) for k, v in before.items()), (
+            f"inner round, case {case}: the original generator was changed")
+        moved = max((p - q).abs().max().item() for p, q in zip(adapted.parameters(), generator.parameters()))
+        assert moved > 1e-5, f"inner round, case {case}: the adapted weights equal the original ones (a zero step)"
+        distances = [reconstruct(update, model, LatentSpace(candidate, b), lr=0.05, num_iters=20, distance="cosine",
+                                 progress=False).grad_loss for candidate in (generator, adapted)]
+        assert distances[1] < distances[0], (
+            f"inner round, case {case}: a latent search with the adapted generator matches the gradient worse "
+            f"({distances[1]:.4f}) than with the original ({distances[0]:.4f})")
+    return _passed("inner round", cases)
+
+
+# --- Chapter 6: defenses -------------------------------------------------------------------
+
+def check_clip_and_noise(student: Callable) -> bool:
+    """Chapter 6: ``student(gradients, clip_norm, noise_multiplier, generator)`` clips the update's global norm, then adds noise.
+
+    Checked: with no noise, the result equals :func:`gi_tutorial.defenses.clip` (norm at
+    most the bound, direction kept); with noise, the added noise has mean 0 and standard
+    deviation ``noise_multiplier * clip_norm`` (a statistical test over every entry); the
+    same generator seed gives the same result; the input tensors are not changed.
+    """
+    from . import defenses
+
+    for case in range(NUM_CASES):
+        model, updates = _random_clients(700 + case, num_clients=1)
+        update = updates[0]
+        norm = float(defenses.global_norm(update.gradients))
+        clip_norm = norm * (0.3, 0.8, 1.5, 0.05, 3.0)[case]
+        before = [g.clone() for g in update.gradients]
+        quiet = student(list(update.gradients), clip_norm, 0.0, torch.Generator().manual_seed(case))
+        expected = defenses.clip(update, clip_norm).gradients
+        assert len(quiet) == len(expected), f"clip and noise, case {case}: expected {len(expected)} tensors, got {len(quiet)}"
+        for layer, (a, b) in enumerate(zip(quiet, expected)):
+            _close(f"clip without noise (tensor {layer})", case, a, b, atol=1e-6 * max(1.0, clip_norm))
+        z = (0.5, 1.0, 2.0, 0.1, 1.0)[case]
+        noisy = student(list(update.gradients), clip_norm, z, torch.Generator().manual_seed(case))
+        again = student(list(update.gradients), clip_norm, z, torch.Generator().manual_seed(case))
+        noise = torch.cat([(a - b).flatten() for a, b in zip(noisy, expected)]).double()
+        std, n = float(noise.std()), noise.numel()
+        assert abs(std / (z * clip_norm) - 1) < 0.05, (
+            f"clip and noise, case {case}: the noise's standard deviation is {std:.4g}, expected "
+            f"noise_multiplier * clip_norm = {z * clip_norm:.4g} (draw it after clipping, scaled by the bound)")
+        assert abs(float(noise.mean())) < 6 * z * clip_norm / n ** 0.5, f"clip and noise, case {case}: the noise is not centred"
+        assert all(torch.equal(a, b) for a, b in zip(noisy, again)), (
+            f"clip and noise, case {case}: the same generator seed gave different results: draw the noise from `generator`")
+        assert all(torch.equal(g, b) for g, b in zip(update.gradients, before)), (
+            f"clip and noise, case {case}: the input gradients were changed in place")
+    return _passed("clip and noise", NUM_CASES)
+
+
+def check_schedule_epsilon(student: Callable) -> bool:
+    """Chapter 6: ``student(noise_multiplier, num_clients, clients_per_round, rounds, delta)`` returns epsilon.
+
+    Compared with :func:`gi_tutorial.defenses.epsilon` (Opacus's RDP accountant; the PRV
+    accountant's answer is accepted too), within 1%.
+    """
+    from . import defenses
+
+    cases = [(1.0, 1000, 10, 100, 1e-5), (0.8, 500, 50, 40, 1e-4), (2.0, 10_000, 100, 1000, 1e-6),
+             (1.2, 100, 100, 10, 1e-3), (0.6, 2000, 20, 200, 1e-5)]
+    for case, (z, n, m, t, delta) in enumerate(cases):
+        got = float(student(z, n, m, t, delta))
+        references = {name: defenses.epsilon(z, m / n, t, delta, name) for name in ("rdp", "prv")}
+        assert any(abs(got / ref - 1) < 0.01 for ref in references.values()), (
+            f"epsilon, case {case} (z={z}, {m} of {n} clients per round, {t} rounds, delta={delta}): got {got:.4g}, "
+            f"expected {references['rdp']:.4g} (RDP) or {references['prv']:.4g} (PRV)")
+    return _passed("schedule epsilon", len(cases))

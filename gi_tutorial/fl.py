@@ -8,13 +8,14 @@ recover the client's images. It never sees the images themselves.
 
 What else an update carries depends on the threat model of a chapter: the batch size,
 the labels, the BatchNorm batch statistics (Yin et al., 2021). A defense is any function
-that maps a SharedUpdate to a SharedUpdate.
+that maps a SharedUpdate to a SharedUpdate (see :mod:`gi_tutorial.defenses`); it records
+what it did in ``SharedUpdate.defense``, as a protocol would publish it.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,12 +33,16 @@ class SharedUpdate:
         labels: the batch's labels ``(B,)``, if the threat model shares them.
         bn_statistics: per BatchNorm layer (in module order), the ``(mean, var)`` of its
             input over the batch, if the threat model shares them.
+        defense: what the client applied before sending, in order (records of
+            :mod:`gi_tutorial.defenses`: clip bound, noise, prune masks); public, like the
+            protocol, so an attacker can adapt to it.
     """
 
     gradients: tuple[torch.Tensor, ...]
     batch_size: int | None = None
     labels: torch.Tensor | None = None
     bn_statistics: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
+    defense: tuple[Any, ...] = ()
 
     @property
     def num_values(self) -> int:
@@ -45,7 +50,7 @@ class SharedUpdate:
         return sum(g.numel() for g in self.gradients)
 
     def check_matches(self, model: nn.Module) -> None:
-        """Raise ValueError unless there is one gradient per trainable parameter, of its shape."""
+        """Raise ValueError unless there is one finite gradient per trainable parameter, of its shape."""
         params = trainable_parameters(model)
         if len(self.gradients) != len(params):
             raise ValueError(
@@ -58,10 +63,22 @@ class SharedUpdate:
                     f"gradient {i} has shape {tuple(g.shape)} but parameter {name!r} has shape "
                     f"{tuple(p.shape)}: the update does not match the model"
                 )
+            if not torch.isfinite(g).all():
+                raise ValueError(
+                    f"gradient {i} (parameter {name!r}) holds NaN or inf values: the client's computation "
+                    "diverged or the update was corrupted, and no attack or average can use it"
+                )
 
     def replace(self, **changes) -> "SharedUpdate":
-        """A copy with some fields changed (defenses use this)."""
-        return replace(self, **changes)
+        """A copy with some fields changed (defenses use this); it shares no tensor with ``self``."""
+        copied = {
+            "gradients": tuple(g.detach().clone() for g in self.gradients),
+            "labels": None if self.labels is None else self.labels.detach().clone(),
+            "bn_statistics": None if self.bn_statistics is None else tuple(
+                (m.detach().clone(), v.detach().clone()) for m, v in self.bn_statistics),
+        }
+        copied.update(changes)
+        return replace(self, **copied)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -86,17 +103,53 @@ def check_batch(images: torch.Tensor, labels: torch.Tensor | None = None) -> Non
             )
 
 
+def _expected_channels(model: nn.Module) -> int | None:
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    return first.in_channels if isinstance(first, nn.Conv2d) else None
+
+
+def checked_logits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``model(images)``, with a ValueError instead of a raw torch error when the batch does not fit.
+
+    Checks what a client's data can get wrong: the channel count (a 1-channel batch for a
+    3-channel model), an image size the model cannot take, and labels outside
+    ``[0, num_classes)``, which ``cross_entropy`` would turn into an IndexError on the CPU
+    and a device-side assert (a dead runtime) on CUDA.
+
+    Raises:
+        ValueError: the batch or its labels do not fit the model.
+    """
+    channels = _expected_channels(model)
+    if channels is not None and images.shape[1] != channels:
+        raise ValueError(f"the model's first convolution expects {channels}-channel images, "
+                         f"got a batch of shape {tuple(images.shape)}")
+    try:
+        logits = model(images)
+    except RuntimeError as error:
+        raise ValueError(f"the model cannot take a batch of shape {tuple(images.shape)} "
+                         f"(expected (B, {channels or 'C'}, H, W) of the size it was built for): {error}") from error
+    num_classes = logits.shape[-1]
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}) for this model's {num_classes} outputs, "
+                         f"got values from {int(labels.min())} to {int(labels.max())}")
+    return logits
+
+
 def batch_gradients(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     create_graph: bool = False,
     record_bn: bool = False,
+    check: bool = False,
 ) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, torch.Tensor]]]:
     """Gradient of the mean cross-entropy on a batch, w.r.t. every trainable parameter.
 
     This is the computation a client runs, and the one an attacker differentiates
     through (``create_graph=True``) to match a shared gradient.
+
+    ``check=True`` (the client's side) runs :func:`checked_logits` first; the attack loop
+    leaves it off, as its batches fit by construction.
 
     Returns:
         the gradients (one per trainable parameter) and, if ``record_bn``, the
@@ -112,7 +165,8 @@ def batch_gradients(
 
         handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
-        loss = F.cross_entropy(model(images), labels)
+        logits = checked_logits(model, images, labels) if check else model(images)
+        loss = F.cross_entropy(logits, labels)
     finally:
         for h in handles:
             h.remove()
@@ -145,11 +199,12 @@ def client_update(
         defense: applied to the update before it leaves the client.
 
     Raises:
-        ValueError: images or labels of the wrong shape or type.
+        ValueError: images or labels of the wrong shape or type, a channel count or image
+            size the model cannot take, or labels outside ``[0, num_classes)``.
     """
     check_batch(images, labels)
     local = copy.deepcopy(model)
-    grads, bn_statistics = batch_gradients(local, images, labels, record_bn=share_bn_statistics)
+    grads, bn_statistics = batch_gradients(local, images, labels, record_bn=share_bn_statistics, check=True)
     update = SharedUpdate(
         gradients=tuple(g.detach() for g in grads),
         batch_size=images.shape[0] if share_batch_size else None,
@@ -178,11 +233,25 @@ def average_gradients(updates: Sequence[SharedUpdate]) -> tuple[torch.Tensor, ..
     This is the gradient of the mean loss over all the clients' images together.
 
     Raises:
-        ValueError: no updates, or an update without a batch size.
+        ValueError: no updates, an update without a batch size, updates that disagree in
+            their number of tensors or their shapes, or NaN / inf gradients.
     """
     if not updates:
         raise ValueError("need at least one update to average")
     if any(u.batch_size is None for u in updates):
         raise ValueError("weighted averaging needs every update's batch size (share_batch_size=True)")
+    reference = [g.shape for g in updates[0].gradients]
+    for k, u in enumerate(updates[1:], start=1):
+        shapes = [g.shape for g in u.gradients]
+        if len(shapes) != len(reference):
+            raise ValueError(f"update {k} holds {len(shapes)} gradient tensors but update 0 holds {len(reference)}: "
+                             "the updates come from different models")
+        for i, (a, b) in enumerate(zip(shapes, reference)):
+            if a != b:
+                raise ValueError(f"gradient {i} of update {k} has shape {tuple(a)} but update 0's has shape "
+                                 f"{tuple(b)}: the updates come from different models")
+    for k, u in enumerate(updates):
+        if not all(torch.isfinite(g).all() for g in u.gradients):
+            raise ValueError(f"update {k} holds NaN or inf gradients: it cannot be averaged")
     total = sum(u.batch_size for u in updates)
     return tuple(sum(u.batch_size / total * u.gradients[i] for u in updates) for i in range(len(updates[0].gradients)))

@@ -7,7 +7,7 @@ import importlib
 import pytest
 
 MODULES = ["config", "data", "models", "fl", "analytic", "objectives", "priors", "spaces", "invert",
-           "metrics", "viz", "exercises", "separation"]
+           "metrics", "viz", "exercises", "separation", "generators", "giml", "defenses"]
 # modules whose docstrings hold examples: a doctest run that finds none there is a failure too
 WITH_EXAMPLES = {"config", "objectives", "priors", "metrics", "separation"}
 

@@ -137,7 +137,21 @@ def test_replace_returns_a_copy(lenet, random_batch):
     update = fl.client_update(lenet, x, y)
     other = update.replace(batch_size=None)
     assert other.batch_size is None and update.batch_size == 1
-    assert other.gradients is update.gradients
+    for g, h in zip(other.gradients, update.gradients):  # equal values, no shared storage
+        assert torch.equal(g, h) and g.data_ptr() != h.data_ptr()
+    with torch.no_grad():
+        other.gradients[0].add_(1.0)  # an in-place change of the copy leaves the original alone
+    assert not torch.equal(other.gradients[0], update.gradients[0])
+
+
+def test_replace_copies_labels_and_bn_statistics(random_batch):
+    model = models.build_model("convnet_bn")
+    x, y = random_batch(2)
+    update = fl.client_update(model, x, y, share_labels=True, share_bn_statistics=True)
+    other = update.replace(batch_size=None)
+    assert other.labels.data_ptr() != update.labels.data_ptr()
+    assert other.bn_statistics[0][0].data_ptr() != update.bn_statistics[0][0].data_ptr()
+    assert torch.equal(other.bn_statistics[0][1], update.bn_statistics[0][1])
 
 
 def test_server_step_equals_sgd_on_the_pooled_batch(random_batch):
@@ -203,3 +217,53 @@ def test_average_gradients_weights_by_batch_size():
     b = fl.SharedUpdate(gradients=(torch.tensor([0.0, 4.0]),), batch_size=3)
     (avg,) = fl.average_gradients([a, b])
     torch.testing.assert_close(avg, torch.tensor([0.25, 3.0]))
+
+
+def test_average_gradients_rejects_updates_of_different_models(random_batch):
+    x, y = random_batch(2)
+    a = fl.client_update(models.build_model("lenet"), x, y)
+    b = fl.client_update(models.build_model("mlp"), x, y)
+    with pytest.raises(ValueError, match="update 1 holds 4 gradient tensors but update 0 holds 8"):
+        fl.average_gradients([a, b])
+    c = fl.SharedUpdate(gradients=(torch.zeros(2), torch.zeros(3)), batch_size=1)
+    d = fl.SharedUpdate(gradients=(torch.zeros(2), torch.zeros(4)), batch_size=1)
+    with pytest.raises(ValueError, match=r"gradient 1 of update 1 has shape \(4,\) but update 0's has shape \(3,\)"):
+        fl.average_gradients([c, d])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_updates_are_rejected(lenet, random_batch, bad):
+    x, y = random_batch(1)
+    update = fl.client_update(lenet, x, y)
+    grads = list(update.gradients)
+    grads[3] = grads[3].clone()
+    grads[3].view(-1)[0] = bad
+    broken = update.replace(gradients=tuple(grads))
+    with pytest.raises(ValueError, match=r"gradient 3 \(parameter 'features.2.bias'\) holds NaN or inf"):
+        broken.check_matches(lenet)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        fl.average_gradients([update, broken])
+    from gi_tutorial import invert
+    with pytest.raises(ValueError, match="NaN or inf"):  # the attack refuses it before running
+        invert.reconstruct(broken, lenet, image_shape=(3, 32, 32), num_iters=1)
+
+
+def test_batch_with_the_wrong_channel_count_is_a_value_error(random_batch):
+    model = models.build_model("convnet_fc", in_channels=3)
+    x, y = random_batch(2, c=1)
+    with pytest.raises(ValueError, match=r"expects 3-channel images, got a batch of shape \(2, 1, 32, 32\)"):
+        fl.client_update(model, x, y)
+
+
+def test_batch_of_the_wrong_size_is_a_value_error():
+    model = models.build_model("convnet_fc", in_channels=1)
+    x, y = torch.rand(2, 1, 28, 28), torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"cannot take a batch of shape \(2, 1, 28, 28\)"):
+        fl.client_update(model, x, y)
+
+
+@pytest.mark.parametrize("labels", [torch.tensor([0, 10]), torch.tensor([-1, 3])])
+def test_labels_outside_the_class_range_are_a_value_error(lenet, random_batch, labels):
+    x, _ = random_batch(2)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        fl.client_update(lenet, x, labels)

@@ -1,0 +1,329 @@
+"""gi_tutorial.defenses: noise, clipping, DP-FedAvg, DP-SGD through Opacus, pruning, accounting."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gi_tutorial import defenses, fl, invert, models
+
+
+@pytest.fixture
+def victim():
+    return models.build_model("convnet_fc", in_channels=1, seed=0)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(4, 1, 32, 32, generator=g), torch.tensor([0, 3, 3, 7])
+
+
+@pytest.fixture
+def update(victim, batch):
+    return fl.client_update(victim, *batch, share_labels=True)
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _flat(gradients):
+    return torch.cat([g.flatten() for g in gradients])
+
+
+DEFENSES = {
+    "noise": lambda u: defenses.add_noise(u, 0.1, _gen()),
+    "relative noise": lambda u: defenses.add_noise(u, 0.5, _gen(), relative=True),
+    "clip": lambda u: defenses.clip(u, 0.1),
+    "dp_fedavg": lambda u: defenses.dp_fedavg(u, 0.1, 1.0, _gen()),
+    "prune": lambda u: defenses.prune(u, 0.9),
+    "composed": defenses.compose(lambda u: defenses.prune(u, 0.5), lambda u: defenses.add_noise(u, 0.1, _gen())),
+}
+
+
+@pytest.mark.parametrize("name", DEFENSES)
+def test_a_defense_never_changes_its_input(update, name):
+    before = [g.clone() for g in update.gradients]
+    labels_before = update.labels.clone()
+    out = DEFENSES[name](update)
+    for g, b, o in zip(update.gradients, before, out.gradients):
+        assert torch.equal(g, b)
+        assert o.data_ptr() != g.data_ptr()  # no aliasing either: changing the output later is safe
+    assert torch.equal(update.labels, labels_before) and out.labels.data_ptr() != update.labels.data_ptr()
+    assert update.defense == () and len(out.defense) >= 1
+    assert not torch.equal(_flat(out.gradients), _flat(before))
+
+
+def test_defenses_are_reproducible_from_the_generator(update):
+    a = defenses.add_noise(update, 0.1, _gen(5))
+    b = defenses.add_noise(update, 0.1, _gen(5))
+    c = defenses.add_noise(update, 0.1, _gen(6))
+    assert torch.equal(_flat(a.gradients), _flat(b.gradients))
+    assert not torch.equal(_flat(a.gradients), _flat(c.gradients))
+
+
+@pytest.mark.parametrize("bound", [1e-3, 0.1, 0.5])
+def test_clipping_bounds_the_norm(update, bound):
+    norm = float(defenses.global_norm(update.gradients))
+    clipped = defenses.clip(update, bound)
+    assert float(defenses.global_norm(clipped.gradients)) <= bound * (1 + 1e-6)
+    torch.testing.assert_close(defenses.global_norm(clipped.gradients), torch.tensor(bound), rtol=1e-5, atol=0)
+    assert clipped.defense[-1].settings["norm_before"] == pytest.approx(norm)
+    # clipping scales, it does not turn: the direction is unchanged
+    assert F.cosine_similarity(_flat(clipped.gradients), _flat(update.gradients), dim=0) > 1 - 1e-6
+
+
+def test_clipping_above_the_norm_changes_nothing(update):
+    norm = float(defenses.global_norm(update.gradients))
+    clipped = defenses.clip(update, 10 * norm)
+    assert torch.equal(_flat(clipped.gradients), _flat(update.gradients))
+
+
+def test_noise_has_the_stated_standard_deviation(update):
+    # ~97k entries per draw, 20 draws: the sample std is within 0.5% of sigma and the mean near 0
+    sigma = 0.03
+    g = _gen(1)
+    diffs = torch.cat([_flat(defenses.add_noise(update, sigma, g).gradients) - _flat(update.gradients)
+                       for _ in range(20)])
+    assert diffs.std().item() == pytest.approx(sigma, rel=5e-3)
+    assert abs(diffs.mean().item()) < 5 * sigma / math.sqrt(diffs.numel())
+
+
+def test_relative_noise_scales_with_the_norm(update):
+    out = defenses.add_noise(update, 2.0, _gen(2), relative=True)
+    noise = _flat(out.gradients) - _flat(update.gradients)
+    ratio = (noise.norm() / _flat(update.gradients).norm()).item()
+    assert ratio == pytest.approx(2.0, rel=0.02)
+    assert out.defense[-1].settings["relative"] == 2.0
+
+
+def test_dp_fedavg_clips_then_adds_z_times_s(update):
+    clip, z = 0.2, 0.5
+    out = defenses.dp_fedavg(update, clip, z, _gen(3))
+    clipped = defenses.clip(update, clip)
+    noise = _flat(out.gradients) - _flat(clipped.gradients)
+    assert noise.std().item() == pytest.approx(z * clip, rel=0.02)
+    (record,) = out.defense
+    assert record.name == "dp_fedavg"
+    assert record.settings["clip"] == clip and record.settings["noise_multiplier"] == z
+    assert record.settings["sigma"] == pytest.approx(z * clip)
+    # zero noise: exactly the clipped update
+    assert torch.equal(_flat(defenses.dp_fedavg(update, clip, 0.0, _gen()).gradients), _flat(clipped.gradients))
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 0.99])
+def test_pruning_keeps_exactly_the_right_fraction(update, ratio):
+    out = defenses.prune(update, ratio)
+    (record,) = out.defense
+    for g, p, mask in zip(update.gradients, out.gradients, record.masks):
+        keep = max(1, round((1 - ratio) * g.numel()))
+        assert int(mask.sum()) == keep
+        assert torch.equal(p[mask], g[mask]) and (p[~mask] == 0).all()
+        if keep < g.numel():  # the kept entries are the largest in magnitude
+            assert g[mask].abs().min() >= g[~mask].abs().max()
+
+
+def test_pruning_a_tensor_with_ties_keeps_the_count():
+    update = fl.SharedUpdate(gradients=(torch.ones(10),), batch_size=1)
+    out = defenses.prune(update, 0.7)
+    assert int(out.defense[0].masks[0].sum()) == 3 and int((out.gradients[0] != 0).sum()) == 3
+
+
+def test_kept_masks_intersect_and_are_none_without_pruning(update):
+    assert defenses.kept_masks(update) is None
+    assert defenses.kept_masks(defenses.add_noise(update, 0.1, _gen())) is None
+    twice = defenses.prune(defenses.prune(update, 0.5), 0.8)
+    masks = defenses.kept_masks(twice)
+    for m, a, b in zip(masks, twice.defense[0].masks, twice.defense[1].masks):
+        assert torch.equal(m, a & b)
+
+
+def test_adaptive_model_masks_the_candidate_gradient(victim, batch, update):
+    x, y = batch
+    pruned = defenses.prune(update, 0.9)
+    adaptive = defenses.adaptive_model(victim, pruned)
+    pruned.check_matches(adaptive)
+    torch.testing.assert_close(adaptive(x), victim(x))  # the same forward pass
+    got, _ = fl.batch_gradients(adaptive, x, y)
+    for g, p in zip(got, pruned.gradients):  # on the true batch: exactly the pruned update
+        torch.testing.assert_close(g, p, rtol=1e-5, atol=1e-8)
+    # and it is differentiable twice, as the attack needs
+    xx = x.clone().requires_grad_(True)
+    grads, _ = fl.batch_gradients(adaptive, xx, y, create_graph=True)
+    (d,) = torch.autograd.grad(sum(g.pow(2).sum() for g in grads), xx)
+    assert d.abs().sum() > 0
+
+
+def test_adaptive_attacker_runs_in_the_loop(victim, batch, update):
+    x, y = batch
+    pruned = defenses.prune(update, 0.9)
+    result = invert.reconstruct(pruned, defenses.adaptive_model(victim, pruned), image_shape=(1, 32, 32),
+                                distance="cosine", num_iters=2, progress=False)
+    assert result.images.shape == x.shape
+    assert isinstance(defenses.adaptive_model(victim, update), type(victim))  # no pruning: the model itself
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda u: defenses.add_noise(u, -0.1, _gen()), "sigma must be a finite number >= 0"),
+    (lambda u: defenses.add_noise(u, float("nan"), _gen()), "sigma"),
+    (lambda u: defenses.clip(u, -1.0), "clip bound"),
+    (lambda u: defenses.dp_fedavg(u, 1.0, -0.5, _gen()), "noise multiplier"),
+    (lambda u: defenses.dp_fedavg(u, -1.0, 0.5, _gen()), "clip bound"),
+    (lambda u: defenses.prune(u, 1.0), r"prune ratio must lie in \[0, 1\)"),
+    (lambda u: defenses.prune(u, -0.1), "prune ratio"),
+])
+def test_bad_settings_raise_value_error(update, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(update)
+
+
+# --- DP-SGD through Opacus -------------------------------------------------------------
+
+def test_dp_sgd_without_noise_and_clipping_is_the_plain_gradient(victim, batch):
+    x, y = batch
+    plain = fl.client_update(victim, x, y)
+    dp = defenses.dp_sgd_update(victim, x, y, clip_norm=1e6, noise_multiplier=0.0, generator=_gen())
+    for a, b in zip(dp.gradients, plain.gradients):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert dp.batch_size == 4 and dp.labels is None
+    assert dp.defense[0].name == "dp_sgd"
+
+
+def _per_example_gradients(model, x, y):
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(torch.func.functional_call(model, p, (xi[None],)), yi[None])
+
+    per_example = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    return [per_example[n] for n in params]  # each (B, *shape)
+
+
+def test_dp_sgd_clips_each_example(victim, batch):
+    x, y = batch
+    clip = 0.05
+    per_example = _per_example_gradients(victim, x, y)
+    norms = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in per_example))  # (B,)
+    assert (norms > clip).all()  # every example is clipped at this bound
+    factors = (clip / norms).clamp(max=1.0)
+    expected = [(g * factors.view(-1, *[1] * (g.ndim - 1))).mean(0) for g in per_example]
+    dp = defenses.dp_sgd_update(victim, x, y, clip_norm=clip, noise_multiplier=0.0, generator=_gen())
+    for a, b in zip(dp.gradients, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    # and clipping each example is not clipping the mean
+    whole = defenses.clip(fl.client_update(victim, x, y), clip)
+    assert not torch.allclose(_flat(dp.gradients), _flat(whole.gradients), atol=1e-6)
+
+
+def test_dp_sgd_noise_has_std_z_c_over_b(victim, batch):
+    x, y = batch
+    clip, z = 0.05, 2.0
+    quiet = defenses.dp_sgd_update(victim, x, y, clip_norm=clip, noise_multiplier=0.0, generator=_gen())
+    noisy = defenses.dp_sgd_update(victim, x, y, clip_norm=clip, noise_multiplier=z, generator=_gen(7))
+    noise = _flat(noisy.gradients) - _flat(quiet.gradients)
+    assert noise.std().item() == pytest.approx(z * clip / 4, rel=0.02)
+    assert noisy.defense[0].settings["sigma"] == pytest.approx(z * clip / 4)
+    again = defenses.dp_sgd_update(victim, x, y, clip_norm=clip, noise_multiplier=z, generator=_gen(7))
+    assert torch.equal(_flat(again.gradients), _flat(noisy.gradients))
+
+
+def test_dp_sgd_leaves_the_model_unchanged(victim, batch, same_state):
+    state_copy, assert_same_state = same_state
+    before = state_copy(victim)
+    defenses.dp_sgd_update(victim, *batch, clip_norm=0.1, noise_multiplier=1.0, generator=_gen())
+    assert_same_state(victim, before)
+    assert all(p.grad is None for p in victim.parameters())
+    assert type(victim).__name__ == "ConvNet" and not hasattr(victim, "_module")
+
+
+def test_dp_sgd_rejects_batchnorm_naming_the_layer(batch):
+    model = models.build_model("convnet_bn", in_channels=1)
+    with pytest.raises(ValueError, match=r"features\.1 \(BatchNorm2d\): BatchNorm cannot support"):
+        defenses.dp_sgd_update(model, *batch, clip_norm=1.0, noise_multiplier=1.0, generator=_gen())
+    defenses.check_dp_compatible(models.build_model("convnet_fc"))  # no BatchNorm: fine
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(clip_norm=-1.0, noise_multiplier=1.0), "clip bound"),
+    (dict(clip_norm=1.0, noise_multiplier=-1.0), "noise multiplier"),
+])
+def test_dp_sgd_bad_settings(victim, batch, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        defenses.dp_sgd_update(victim, *batch, generator=_gen(), **kwargs)
+
+
+def test_dp_sgd_bad_labels(victim, batch):
+    x, _ = batch
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        defenses.dp_sgd_update(victim, x, torch.tensor([0, 1, 2, 12]), clip_norm=1.0, noise_multiplier=1.0,
+                               generator=_gen())
+
+
+# --- accounting --------------------------------------------------------------------------
+
+SCHEDULE = defenses.FLSchedule(num_clients=1000, clients_per_round=10, rounds=500, delta=1e-5)
+
+
+def test_epsilon_decreases_as_noise_grows():
+    values = [defenses.schedule_epsilon(z, SCHEDULE) for z in (0.5, 0.8, 1.0, 2.0, 4.0)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert defenses.schedule_epsilon(0.0, SCHEDULE) == math.inf
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_epsilon_matches_opacus_called_directly(accountant):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    direct = {"rdp": RDPAccountant, "prv": PRVAccountant}[accountant]()
+    for _ in range(SCHEDULE.rounds):  # one step per round, as a training loop would record it
+        direct.step(noise_multiplier=1.1, sample_rate=SCHEDULE.sample_rate)
+    expected = direct.get_epsilon(delta=SCHEDULE.delta)
+    assert defenses.schedule_epsilon(1.1, SCHEDULE, accountant) == pytest.approx(expected, rel=1e-6)
+
+
+def test_rdp_epsilon_matches_the_rdp_analysis():
+    from opacus.accountants.analysis import rdp
+
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    curve = rdp.compute_rdp(q=SCHEDULE.sample_rate, noise_multiplier=1.1, steps=SCHEDULE.rounds, orders=orders)
+    expected, _ = rdp.get_privacy_spent(orders=orders, rdp=curve, delta=SCHEDULE.delta)
+    assert defenses.schedule_epsilon(1.1, SCHEDULE) == pytest.approx(expected, rel=1e-6)
+
+
+def test_prv_and_rdp_agree_roughly_and_prv_is_tighter():
+    rdp_eps = defenses.schedule_epsilon(1.0, SCHEDULE, "rdp")
+    prv_eps = defenses.schedule_epsilon(1.0, SCHEDULE, "prv")
+    assert prv_eps <= rdp_eps and prv_eps > 0.5 * rdp_eps
+
+
+@pytest.mark.parametrize("target", [1.0, 4.0])
+def test_noise_multiplier_round_trips(target):
+    z = defenses.noise_multiplier_for(target, SCHEDULE)
+    eps = defenses.schedule_epsilon(z, SCHEDULE)
+    assert eps <= target and eps == pytest.approx(target, abs=0.02)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: defenses.FLSchedule(100, 0, 10, 1e-5), r"q must lie in \(0, 1\]"),
+    (lambda: defenses.FLSchedule(100, 150, 10, 1e-5), r"q must lie in \(0, 1\]"),
+    (lambda: defenses.FLSchedule(100, 10, 10, 0.0), r"delta must lie in \(0, 1\)"),
+    (lambda: defenses.FLSchedule(100, 10, 10, 1.0), r"delta must lie in \(0, 1\)"),
+    (lambda: defenses.epsilon(1.0, 1.5, 10, 1e-5), r"q must lie in \(0, 1\]"),
+    (lambda: defenses.epsilon(-1.0, 0.1, 10, 1e-5), "noise multiplier"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 2.0), "delta"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, accountant="moments"), "accountant must be"),
+    (lambda: defenses.noise_multiplier_for(0.0, SCHEDULE), "target epsilon must be positive"),
+])
+def test_bad_accounting_inputs(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(defenses, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.failed == 0 and result.attempted > 0
