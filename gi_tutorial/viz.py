@@ -172,6 +172,8 @@ def glue(name: str, value: Any, display: bool = False) -> None:
         from myst_nb import glue as myst_glue
     except ImportError:
         return
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a NumPy or torch scalar: a plain number
+        value = value.item()  # (its repr, "np.float64(...)", would not take a number format in the prose)
     myst_glue(name, value, display=display)
 
 
