@@ -93,6 +93,7 @@ def test_missing_data_names_every_source(empty_root):
 
 
 def test_missing_fashion_mnist_lists_the_debian_source(empty_root, tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DEBIAN_DIR_ENV, raising=False)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path)  # an empty Debian folder
     with pytest.raises(data.DataNotFoundError) as err:
         data.load_dataset("fashion_mnist", "train", 5, root=empty_root, allow_download=False)
@@ -208,6 +209,7 @@ def test_idx_reader_on_a_synthetic_file(synthetic_idx):
 
 def test_debian_source_comes_before_foolbox(synthetic_idx, empty_root, monkeypatch):
     folder, images, labels = synthetic_idx
+    monkeypatch.delenv(data.DEBIAN_DIR_ENV, raising=False)
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", folder)
     got, got_labels = data.load_dataset("fashion_mnist", "test", 2, root=empty_root, allow_download=False)
     assert got_labels.tolist() == labels[:2].tolist()
@@ -225,7 +227,7 @@ def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
 
-@pytest.mark.skipif(not (data.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists(),
+@pytest.mark.skipif(not (data.debian_fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists(),
                     reason="Debian's dataset-fashion-mnist is not installed")
 @pytest.mark.skipif(data.foolbox_data_dir() is None, reason="foolbox is not installed")
 def test_debian_and_foolbox_fashion_mnist_agree():
