@@ -87,7 +87,9 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
     update = fl.client_update(victim, x, torch.arange(batch_size) % 10, share_labels=True)
     z = torch.randn(batch_size, generator.z_dim, generator=g)
     make_space = {"GI-x": lambda: None, "GI-z": lambda: spaces.LatentSpace(generator, batch_size),
-                  "stage 2": lambda: spaces.GeneratorSpace(generator, batch_size, z=z)}
+                  "stage 2": lambda: spaces.GeneratorSpace(generator, batch_size, z=z),
+                  "vmap": lambda: spaces.GeneratorSpace(generator, batch_size, z=z, vectorise="vmap"),
+                  "shared": lambda: spaces.GeneratorSpace(generator, batch_size, z=z, shared=True)}
 
     def marginal(name: str) -> float:
         def run(n: int) -> float:
@@ -100,7 +102,7 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
         for name in make_space:
             times[name].append(marginal(name))
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    return {**ms, "z_ratio": ms["GI-z"] / ms["GI-x"], "w_ratio": ms["stage 2"] / ms["GI-x"]}
+    return {**ms, **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make_space}}
 
 
 def chapter_seconds(notebook: Path, quick: bool) -> float:
@@ -130,12 +132,17 @@ def main() -> None:
             print(f"  {name:9s} batch {b}: library {f['library_ms']:8.1f} ms, bare {f['bare_ms']:8.1f} ms, "
                   f"ratio {f['ratio']:.3f}")
     if args.generator or both:
-        print("\nms per step in the generator's spaces against pixel space (cosine, Adam; stage 2 = per-image copies):")
+        print("\nms per step in the generator's spaces, and its ratio to a pixel-space (GI-x) step (cosine, Adam):\n"
+              "  stage 2 = GIAS's per-image copies of the weights, as the library runs them (per-copy layers);\n"
+              "  vmap = the same copies through torch.func.vmap; one copy = a single copy shared by the batch\n"
+              "  (GIML's inner loop: the generator's own cost, with no per-image weights, a floor for stage 2)")
         for victim in ("convnet_fc", "convnet_gap"):
             for b in (1, 4, 8):
                 f = generator_step_figures(victim, b, 20, 3)
-                print(f"  {victim:11s} batch {b}: GI-x {f['GI-x']:6.1f} ms, GI-z {f['GI-z']:6.1f} ms, "
-                      f"stage 2 {f['stage 2']:6.1f} ms; GI-z / GI-x {f['z_ratio']:.2f}, stage 2 / GI-x {f['w_ratio']:.2f}")
+                print(f"  {victim:11s} batch {b}: GI-x {f['GI-x']:5.1f} ms | GI-z {f['GI-z']:5.1f} ms "
+                      f"{f['GI-z_ratio']:.2f}x | stage 2 {f['stage 2']:5.1f} ms {f['stage 2_ratio']:.2f}x | "
+                      f"vmap {f['vmap']:5.1f} ms {f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms "
+                      f"{f['shared_ratio']:.2f}x")
     if args.chapters or both:
         print("\nseconds per chapter (fresh kernel, top to bottom):")
         total = {"full": 0.0, "quick": 0.0}

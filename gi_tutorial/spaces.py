@@ -27,6 +27,7 @@ from typing import Literal, Protocol
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call
 
 
@@ -123,6 +124,115 @@ class LatentSpace:
         return {"z": self.z.detach().clone()}
 
 
+class _CopiesConvTranspose2d(nn.Module):
+    """A ConvTranspose2d whose weight is ``(B, C_in, C_out, kh, kw)``: input ``b`` meets copy ``b``.
+
+    One batched matrix product (then ``fold``, which sums the overlapping kernel windows) does
+    the work of B transposed convolutions; on the CPU this costs about a third of the grouped
+    convolution that ``vmap`` turns the per-copy layer into (benchmarks/run.py --generator).
+    """
+
+    def __init__(self, layer: nn.ConvTranspose2d):
+        super().__init__()
+        self.weight, self.bias = layer.weight, layer.bias
+        self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
+        self.output_padding = layer.output_padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        copies, c_in, h, w = x.shape
+        c_out, kh, kw = self.weight.shape[2:]
+        flat = self.weight.reshape(copies, c_in, c_out * kh * kw)
+        if (h, w) == (1, 1) and self.padding == (0, 0) and self.output_padding == (0, 0) and self.dilation == (1, 1):
+            y = torch.bmm(x.reshape(copies, 1, c_in), flat).reshape(copies, c_out, kh, kw)  # a 1x1 input: no overlap
+        else:
+            # x^T W rather than W^T x: the weight's gradient, x (dx)^T, then comes out in the weight's own
+            # layout (the other order makes autograd transpose a (B, C_in, C_out*kh*kw) tensor every step)
+            columns = torch.bmm(x.reshape(copies, c_in, h * w).transpose(1, 2), flat).transpose(1, 2)
+            size = [(n - 1) * s - 2 * p + d * (k - 1) + o + 1 for n, s, p, d, k, o in
+                    zip((h, w), self.stride, self.padding, self.dilation, (kh, kw), self.output_padding)]
+            y = F.fold(columns, size, (kh, kw), dilation=self.dilation, padding=self.padding, stride=self.stride)
+        return y if self.bias is None else y + self.bias[:, :, None, None]
+
+
+class _CopiesConv2d(nn.Module):
+    """A Conv2d whose weight is ``(B, C_out, C_in / groups, kh, kw)``, as one grouped convolution."""
+
+    def __init__(self, layer: nn.Conv2d):
+        super().__init__()
+        self.weight, self.bias = layer.weight, layer.bias
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        copies = x.shape[0]
+        weight = self.weight.reshape(-1, *self.weight.shape[2:])
+        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, None, self.stride, self.padding, self.dilation,
+                     self.groups * copies)
+        y = y.reshape(copies, -1, *y.shape[2:])
+        return y if self.bias is None else y + self.bias[:, :, None, None]
+
+
+class _CopiesLinear(nn.Module):
+    """A Linear layer whose weight is ``(B, out, in)``."""
+
+    def __init__(self, layer: nn.Linear):
+        super().__init__()
+        self.weight, self.bias = layer.weight, layer.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        copies = x.shape[0]
+        y = torch.bmm(x.reshape(copies, -1, x.shape[-1]), self.weight.transpose(1, 2))
+        if self.bias is not None:
+            y = y + self.bias[:, None, :]
+        return y.reshape(*x.shape[:-1], -1)
+
+
+class _CopiesBatchNorm(nn.Module):
+    """Eval-mode BatchNorm (running statistics, shared by the copies) with per-copy scale and shift ``(B, C)``."""
+
+    def __init__(self, layer: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.weight, self.bias, self.eps = layer.weight, layer.bias, layer.eps
+        self.register_buffer("running_mean", layer.running_mean)
+        self.register_buffer("running_var", layer.running_var)
+        self.register_buffer("num_batches_tracked", layer.num_batches_tracked)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        extra = (1,) * (x.ndim - 2)
+        y = (x - self.running_mean.reshape(-1, *extra)) * torch.rsqrt(self.running_var + self.eps).reshape(-1, *extra)
+        if self.weight is not None:
+            y = y * self.weight.reshape(*self.weight.shape, *extra)
+        if self.bias is not None:
+            y = y + self.bias.reshape(*self.bias.shape, *extra)
+        return y
+
+
+def _copies_module(generator: nn.Module) -> nn.Module | None:
+    """``generator`` with each layer that holds weights swapped for its per-copy version, or None.
+
+    The result, called through ``functional_call`` with weights stacked along a leading copy
+    dimension, maps a batch of B codes to B images, image ``b`` through copy ``b``. Layers
+    without weights are kept (they act on each image alone in eval mode: activations,
+    upsampling, pooling). None when a layer with weights has no per-copy version here
+    (the caller then vectorises with ``vmap``, slower but general).
+    """
+    kinds = {nn.ConvTranspose2d: _CopiesConvTranspose2d, nn.Conv2d: _CopiesConv2d, nn.Linear: _CopiesLinear,
+             nn.BatchNorm1d: _CopiesBatchNorm, nn.BatchNorm2d: _CopiesBatchNorm}
+    copies = copy.deepcopy(generator).eval()
+    for name, module in list(copies.named_modules()):
+        if not (any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))):
+            continue
+        kind = kinds.get(type(module))
+        supported = kind is not None and not (
+            isinstance(module, nn.ConvTranspose2d) and module.groups != 1
+            or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.padding_mode != "zeros"
+            or isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None)
+        if not supported or not name:
+            return None
+        parent_name, _, child = name.rpartition(".")
+        setattr(copies.get_submodule(parent_name) if parent_name else copies, child, kind(module))
+    return copies
+
+
 class GeneratorSpace:
     """The generator's weights, with the codes ``z`` fixed: ``x_b = G_{w_b}(z_b)``.
 
@@ -132,9 +242,10 @@ class GeneratorSpace:
 
     - ``shared=False`` (GIAS stage 2, Jeon et al., 2021): one copy of the weights per image,
       so each image leaves the range on its own. The copies are stacked along a leading
-      batch dimension and run in one vectorised call (``torch.func.vmap`` over
-      ``functional_call``), not a Python loop over modules: a step costs about what one
-      forward and backward of the batch through the generator costs.
+      batch dimension and run in one call, not a Python loop over modules: each layer with
+      weights becomes its per-copy version (one batched matrix product for a transposed
+      convolution, a grouped convolution, ...; see ``_copies_module``), and a generator with
+      a layer that has none is vectorised by ``torch.func.vmap`` over ``functional_call``.
     - ``shared=True`` (GIML's inner loop): one copy for the whole batch; its adapted
       weights are what the meta-learner keeps (:func:`generator_from_state`).
 
@@ -145,9 +256,14 @@ class GeneratorSpace:
         z: the fixed codes ``(batch_size, z_dim)`` (GIAS: the latent search's result);
             None draws them from N(0, I) at each restart (the GI-w ablation).
         shared: one copy of the weights for the whole batch instead of one per image.
+        vectorise: how per-image copies run: ``"layers"`` (per-copy layers, where every layer
+            with weights has one, else ``vmap``) or ``"vmap"``; both give the same images.
     """
 
-    def __init__(self, generator: nn.Module, batch_size: int, z: torch.Tensor | None = None, shared: bool = False):
+    def __init__(self, generator: nn.Module, batch_size: int, z: torch.Tensor | None = None, shared: bool = False,
+                 vectorise: Literal["layers", "vmap"] = "layers"):
+        if vectorise not in ("layers", "vmap"):
+            raise ValueError(f"vectorise must be 'layers' or 'vmap', got {vectorise!r}")
         if z is not None and tuple(z.shape) != (batch_size, generator.z_dim):
             raise ValueError(f"z must have shape ({batch_size}, {generator.z_dim}), got {tuple(z.shape)}")
         self.base = copy.deepcopy(generator).eval().requires_grad_(False)
@@ -156,6 +272,7 @@ class GeneratorSpace:
         self.device = next(self.base.parameters()).device
         self.fixed_z = None if z is None else z.detach().to(self.device)
         self.buffers = {name: b for name, b in self.base.named_buffers()}  # BatchNorm running statistics
+        self.copies = None if shared or vectorise == "vmap" else _copies_module(self.base)
         self.z: torch.Tensor | None = None
         self.weights: dict[str, torch.Tensor] | None = None  # name -> (B, *shape), or (*shape) when shared
 
@@ -174,6 +291,8 @@ class GeneratorSpace:
     def images(self) -> torch.Tensor:
         if self.shared:
             return functional_call(self.base, ({**self.weights, **self.buffers},), (self.z,))
+        if self.copies is not None:
+            return functional_call(self.copies, ({**self.weights, **self.buffers},), (self.z,))
 
         def one_image(weights: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, ({**weights, **self.buffers},), (z[None],))[0]

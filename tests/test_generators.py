@@ -116,16 +116,19 @@ class _LoopSpace:
         return {}
 
 
-def test_vectorised_copies_match_a_loop_over_modules(generator):
-    """Stage 2 in one vmap call computes the same images and weight gradients as one module per image,
-    and takes the same steps (the dynamics are chaotic over long runs, so a few steps are compared)."""
+@pytest.mark.parametrize("vectorise", ["layers", "vmap"])
+def test_vectorised_copies_match_a_loop_over_modules(generator, vectorise):
+    """Stage 2 in one call (per-copy layers, or vmap) computes the same images and weight gradients as
+    one module per image, and takes the same steps (the dynamics are chaotic over long runs, so a few
+    steps are compared)."""
     model = models.build_model("convnet_fc", in_channels=1)
     g = torch.Generator().manual_seed(2)
     targets = generator(torch.randn(3, generator.z_dim, generator=g)).detach().flip(-1)
     labels = torch.tensor([1, 4, 7])
     update = fl.client_update(model, targets, labels, share_labels=True)
     z = torch.randn(3, generator.z_dim, generator=g)
-    vectorised, loop = spaces.GeneratorSpace(generator, 3, z=z), _LoopSpace(generator, z)
+    vectorised, loop = spaces.GeneratorSpace(generator, 3, z=z, vectorise=vectorise), _LoopSpace(generator, z)
+    assert (vectorised.copies is not None) == (vectorise == "layers")  # the DCGAN has a per-copy version
     grads = []
     for space in (vectorised, loop):
         weights = space.init(torch.Generator().manual_seed(0))
@@ -166,3 +169,68 @@ def test_gias_stage_two_lowers_the_gradient_distance(generator):
     assert result.weights.grad_loss < result.latent.grad_loss
     assert result.images.shape == (1, 1, 32, 32)
     assert metrics.psnr(result.weights.images, target) > metrics.psnr(result.latent.images, target)
+
+
+class _EveryLayer(torch.nn.Module):
+    """Every layer kind with a per-copy version, in settings the DCGAN does not use (bias, padding,
+    output padding, dilation, groups), followed by a layer without weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 8 * 3 * 3)
+        self.bn1 = torch.nn.BatchNorm1d(8 * 3 * 3)
+        self.up = torch.nn.ConvTranspose2d(8, 6, 3, stride=2, padding=1, output_padding=1, dilation=1)
+        self.up_dilated = torch.nn.ConvTranspose2d(6, 4, 3, stride=1, padding=2, dilation=2, bias=False)
+        self.up_point = torch.nn.ConvTranspose2d(4, 4, 4, stride=1, padding=0)  # 1x1 in: the matrix-product path
+        self.conv = torch.nn.Conv2d(4, 6, 3, stride=1, padding=1, groups=2)
+        self.bn2 = torch.nn.BatchNorm2d(6)
+        self.z_dim = 6
+
+    def forward(self, z):
+        x = torch.relu(self.bn1(self.linear(z))).reshape(-1, 8, 3, 3)
+        x = torch.tanh(self.up_dilated(self.up(x)))  # 3 -> 6 -> 6
+        x = self.up_point(x.mean((2, 3), keepdim=True))  # 1 -> 4
+        return torch.sigmoid(self.bn2(self.conv(x)))
+
+
+def test_per_copy_layers_match_one_module_per_copy():
+    """Each per-copy layer, through functional_call with stacked weights, gives image b what copy b
+    alone gives it, and the same weight gradients, to 1e-5."""
+    torch.manual_seed(0)
+    net = _EveryLayer()
+    for bn in (net.bn1, net.bn2):  # non-trivial running statistics and affine parameters
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.normal_()
+        bn.bias.data.normal_()
+    net.eval()
+    z = torch.randn(3, 6)
+    space = spaces.GeneratorSpace(net, 3, z=z)
+    assert space.copies is not None
+    weights = space.init(torch.Generator().manual_seed(0))
+    with torch.no_grad():  # make the copies differ
+        for w in weights:
+            w.add_(0.1 * torch.randn_like(w))
+    images = space.images()
+    probe = torch.randn_like(images)
+    grads = torch.autograd.grad((images * probe).sum(), weights)
+    names = [name for name, _ in net.named_parameters()]
+    for b in range(3):
+        single = spaces.generator_from_state(net, space.state(), index=b).eval()
+        expected = single(z[b:b + 1])
+        torch.testing.assert_close(images[b:b + 1], expected, rtol=1e-5, atol=1e-5)
+        expected_grads = torch.autograd.grad((expected * probe[b:b + 1]).sum(), list(single.parameters()))
+        for name, got, want in zip(names, grads, expected_grads):
+            torch.testing.assert_close(got[b], want, rtol=1e-5, atol=1e-5, msg=f"{name}, copy {b}")
+
+
+def test_a_layer_without_a_per_copy_version_falls_back_to_vmap():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.GroupNorm(2, 16))
+    net.z_dim = 4
+    z = torch.randn(2, 4)
+    space = spaces.GeneratorSpace(net, 2, z=z)
+    assert space.copies is None
+    space.init(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(space.images(), net(z))
+    with pytest.raises(ValueError, match="vectorise must be"):
+        spaces.GeneratorSpace(net, 2, z=z, vectorise="loop")

@@ -218,6 +218,33 @@ def test_priors_that_need_bn_statistics_receive_them(random_batch):
     assert all(shapes == [((4,), (4,)), ((4,), (4,))] for _, shapes in recorder.calls)
 
 
+def test_train_mode_batchnorm_statistics_are_put_back_even_after_an_error(random_batch):
+    """The attack runs on the caller's model; its forwards move train-mode BatchNorm's running
+    statistics, which reconstruct must restore, also when a prior raises halfway through."""
+    model = models.ConvNet(in_channels=1, widths=(4, 4), strides=(2, 2), batch_norm=True).train()
+    x, y = random_batch(2, c=1)
+    update = fl.client_update(model, x, y, share_labels=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    start = bn.running_mean.clone()
+    moved = []
+
+    def watcher(images, context):  # proves the forwards did move the statistics during the run
+        moved.append(not torch.equal(bn.running_mean, start))
+        if len(moved) == 3:
+            raise RuntimeError("a prior failed")
+        return images.sum() * 0
+
+    invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), num_iters=2, lr=0.01, progress=False)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(RuntimeError, match="a prior failed"):
+        invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), priors=[watcher], num_iters=5,
+                           lr=0.01, progress=False)
+    assert any(moved)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("weight", [float("inf"), float("nan")])
 def test_a_diverging_run_is_marked_and_returns_finite_images(lenet_update, weight):
     """A prior of infinite (or NaN) weight makes the loss non-finite at the first step, every time."""
