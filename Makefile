@@ -32,8 +32,11 @@ book: $(STAMP) data
 	GI_TUTORIAL_PROGRESS=0 $(BIN)/python tools/execute_book.py
 	GI_TUTORIAL_PROGRESS=0 $(BIN)/jupyter-book build . -W --keep-going
 
+# Two pytest workers (pytest-xdist), each file on one worker, so that a notebook's cells stay in one
+# kernel, in order; the whole-book build (tests/test_book.py) runs beside the rest.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Student copies of the chapters (student/): solutions replaced by answer stubs, checkers kept
 student: $(STAMP)
