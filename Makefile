@@ -62,7 +62,7 @@ benchmark: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 
 # Side by side with breaching 0.1.2 on its own ResNet-18 case, in a separate venv under $GI_PEER_ROOT
-# (default /tmp/gi-peer; never the project's .venv). About an hour on one idle core; PEER_ARGS=--quick: a smoke test
+# (default /tmp/gi-peer; never the project's .venv). About 70 minutes on one core; PEER_ARGS=--quick: a smoke test
 peer-benchmark:
 	$(PYTHON) benchmarks/peer.py $(PEER_ARGS)
 
