@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gi_tutorial import config, data, defenses, fl, generators, giml, invert, metrics, models, priors  # noqa: E402
+from gi_tutorial import config, data, defenses, fl, generators, giml, invert, metrics, models  # noqa: E402
 
 
 def main() -> None:
@@ -42,9 +42,8 @@ def main() -> None:
             rng = torch.Generator().manual_seed(1000 + k)
             update = fl.client_update(victim, x, y, share_labels=True,
                                       defense=lambda u: defenses.dp_fedavg(u, 1.0, z, rng))
-            runs = {"GI-x": invert.reconstruct(update, victim, image_shape=(1, 32, 32), distance="cosine",
-                                               priors=[priors.TotalVariation(1e-3)], signed=True, lr=0.1,
-                                               lr_decay=True, num_iters=150, progress=False).images}
+            runs = {"GI-x": invert.inverting_gradients(update, victim, image_shape=(1, 32, 32), num_iters=150,
+                                                       progress=False).images}
             for name, g in gens.items():
                 run = invert.gias(update, victim, g, latent_iters=60, weight_iters=80, restarts=2, latent_lr=0.1,
                                   weight_lr=5e-4, distance="cosine", progress=False)
@@ -52,8 +51,7 @@ def main() -> None:
                 if name == "GIAS":
                     runs["GI-z"] = run.latent.images
             for name, rec in runs.items():
-                scores.setdefault((z, name), []).append(
-                    metrics.evaluate(rec, x).psnr.clamp(max=metrics.PSNR_CAP).mean().item())
+                scores.setdefault((z, name), []).append(metrics.summarize(metrics.evaluate(rec, x))["psnr_capped"])
     print(f"victim A seeds {args.seeds}, test images from {args.first_image}, batch 4, "
           f"{time.perf_counter() - start:.0f} s")
     for z in args.noise:

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gi_tutorial import config, data, fl, generators, giml, invert, metrics, models, priors  # noqa: E402
+from gi_tutorial import config, data, fl, generators, giml, invert, metrics, models  # noqa: E402
 
 
 def main() -> None:
@@ -47,15 +47,14 @@ def main() -> None:
         for group in groups:
             x, y = images[group], labels[group]
             update = fl.client_update(victim, x, y, share_labels=True)
-            runs = {"GI-x + TV": invert.reconstruct(update, victim, image_shape=(1, 32, 32), distance="cosine",
-                                                    priors=[priors.TotalVariation(1e-3)], signed=True, lr=0.1,
-                                                    lr_decay=True, num_iters=400, progress=False).images}
+            runs = {"GI-x + TV": invert.inverting_gradients(update, victim, image_shape=(1, 32, 32), num_iters=400,
+                                                            progress=False).images}
             for name, g in generators_by_name.items():
                 run = invert.gias(update, victim, g, latent_iters=150, weight_iters=200, restarts=2, latent_lr=0.1,
                                   weight_lr=3e-4, distance="cosine", progress=False)
                 runs[f"GI-z, {name}"], runs[f"GIAS, {name}"] = run.latent.images, run.images
             for method, rec in runs.items():
-                psnr = metrics.evaluate(rec, x).psnr.clamp(max=metrics.PSNR_CAP).mean().item()
+                psnr = metrics.summarize(metrics.evaluate(rec, x))["psnr_capped"]
                 scores.setdefault((len(group), method), []).append(psnr)
     print(f"victim seeds {args.seeds}, test images from {args.first_image}, {time.perf_counter() - start:.0f} s")
     for (b, method), values in sorted(scores.items()):

@@ -29,7 +29,7 @@ from .analytic import recover_label
 from .config import is_quick
 from .fl import SharedUpdate, batch_gradients
 from .objectives import Distance, gradient_distance
-from .priors import Prior, PriorContext
+from .priors import Prior, PriorContext, TotalVariation
 from .spaces import PixelSpace, Space
 
 
@@ -286,6 +286,25 @@ def _adam(variables: list[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(variables, lr=lr, fused=True)
     except (RuntimeError, TypeError):  # an older torch, or a device/dtype without the fused kernel
         return torch.optim.Adam(variables, lr=lr)
+
+
+def inverting_gradients(
+    update: SharedUpdate,
+    model: nn.Module,
+    *,
+    image_shape: tuple[int, int, int],
+    num_iters: int,
+    tv: float = 1e-3,
+    **kwargs,
+) -> Reconstruction:
+    """The book's pixel-space baseline, GI-x: Inverting Gradients (Geiping et al., 2020) in one call.
+
+    :func:`reconstruct` in pixel space with the cosine distance, a total-variation prior of
+    weight ``tv``, Adam at 0.1 on the sign of the gradient, and step decay. ``kwargs``
+    (labels, restarts, seed, progress, ...) go to :func:`reconstruct`.
+    """
+    return reconstruct(update, model, image_shape=image_shape, distance="cosine", priors=[TotalVariation(tv)],
+                       signed=True, lr=0.1, lr_decay=True, num_iters=num_iters, **kwargs)
 
 
 @dataclass

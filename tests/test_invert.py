@@ -373,3 +373,16 @@ def test_inputs_that_do_not_fit_the_model_get_a_clear_error(lenet_update):
     broken = fl.SharedUpdate(tuple(torch.full_like(g, float("nan")) for g in update.gradients), batch_size=1)
     with pytest.raises(ValueError, match="NaN or inf"):
         invert.reconstruct(broken, model, image_shape=IMAGE_SHAPE, num_iters=1, progress=False)
+
+
+def test_inverting_gradients_is_the_recipe_it_names(lenet_update):
+    """GI-x in one call takes exactly the steps of reconstruct with the Inverting Gradients options."""
+    model, update = lenet_update
+    short = invert.inverting_gradients(update, model, image_shape=IMAGE_SHAPE, num_iters=4, tv=1e-2, progress=False)
+    spelled = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, distance="cosine",
+                                 priors=[priors.TotalVariation(1e-2)], signed=True, lr=0.1, lr_decay=True,
+                                 num_iters=4, progress=False)
+    assert torch.equal(short.images, spelled.images)
+    assert short.trials[0].losses == spelled.trials[0].losses
+    other = invert.inverting_gradients(update, model, image_shape=IMAGE_SHAPE, num_iters=4, tv=1.0, progress=False)
+    assert not torch.equal(other.images, short.images)  # the TV weight is used
