@@ -12,12 +12,12 @@ STAMP := $(VENV)/.installed
 # already on disk, else Debian's dataset-fashion-mnist (as root with apt-get), else torchvision's download.
 BOOK_DATA ?= cifar10:test:20 mnist:test:20 fashion_mnist:test fashion_mnist:train
 
-.PHONY: install data book test student colab notebooks vendor browser-check benchmark peer-benchmark generator giml clean
+.PHONY: install data book test student colab notebooks vendor browser-check benchmark peer-benchmark generator giml dp-utility clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[offline,book,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[offline,book,test,flower]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -76,6 +76,11 @@ generator: $(STAMP)
 giml: $(STAMP)
 	$(BIN)/python -m gi_tutorial.data --ensure fashion_mnist:train
 	$(BIN)/python -m gi_tutorial.giml --steps 600 --seed 0
+
+# Chapter 6's utility curve: DP-SGD (Opacus) and DP-FedAvg on Fashion-MNIST, shipped in gi_tutorial/results/
+dp-utility: $(STAMP)
+	$(BIN)/python -m gi_tutorial.data --ensure fashion_mnist:train fashion_mnist:test
+	$(BIN)/python benchmarks/dp_utility.py
 
 clean:
 	rm -rf _build student

@@ -30,23 +30,22 @@ exits 1 with the error that names every source tried when none has the data.
 """
 from __future__ import annotations
 
-import contextlib
 import gzip
 import importlib.util
 import os
 import re
-import socket
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .storage import DOWNLOAD_TIMEOUT_S, socket_timeout  # noqa: F401 (socket_timeout is part of this module's API)
+
 DATASETS = ("cifar10", "fashion_mnist", "mnist")
 NUM_SHIPPED = 20  # test images per dataset inside the foolbox wheel
-DOWNLOAD_TIMEOUT_S = 20.0
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 DEBIAN_DIR_ENV = "GI_TUTORIAL_DEBIAN_DIR"  # overrides DEBIAN_FASHION_MNIST (e.g. an empty folder hides it)
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -82,17 +81,6 @@ def debian_fashion_mnist_dir() -> Path:
     """Where Debian's Fashion-MNIST files are looked for: ``GI_TUTORIAL_DEBIAN_DIR`` if set, else ``DEBIAN_FASHION_MNIST``."""
     env = os.environ.get(DEBIAN_DIR_ENV)
     return Path(env) if env else DEBIAN_FASHION_MNIST
-
-
-@contextlib.contextmanager
-def socket_timeout(seconds: float | None = None) -> Iterator[None]:
-    """Give every socket opened inside the block a timeout (default ``DOWNLOAD_TIMEOUT_S``; urllib sets none)."""
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S if seconds is None else seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
 
 
 def load_dataset(

@@ -286,7 +286,8 @@ def check_inner_round(student: Callable) -> bool:
     unchanged, the weights must have moved, and a latent search with the adapted generator
     must match the update's gradient better than the same search with the original.
     """
-    from .invert import reconstruct
+    from .invert import Adam, reconstruct
+    from .threats import DATA_ENHANCED
     from .spaces import LatentSpace
 
     cases = 3
@@ -305,8 +306,9 @@ def check_inner_round(student: Callable) -> bool:
             f"inner round, case {case}: the original generator was changed")
         moved = max((p - q).abs().max().item() for p, q in zip(adapted.parameters(), generator.parameters()))
         assert moved > 1e-5, f"inner round, case {case}: the adapted weights equal the original ones (a zero step)"
-        distances = [reconstruct(update, model, LatentSpace(candidate, b), lr=0.05, num_iters=20, distance="cosine",
-                                 progress=False).grad_loss for candidate in (generator, adapted)]
+        distances = [reconstruct(update, model, LatentSpace(candidate, b), optimizer=Adam(0.05), num_iters=20,
+                                 distance="cosine", threat_model=DATA_ENHANCED, progress=False).grad_loss
+                     for candidate in (generator, adapted)]
         assert distances[1] < distances[0], (
             f"inner round, case {case}: a latent search with the adapted generator matches the gradient worse "
             f"({distances[1]:.4f}) than with the original ({distances[0]:.4f})")

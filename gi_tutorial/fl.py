@@ -14,12 +14,27 @@ what it did in ``SharedUpdate.defense``, as a protocol would publish it.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DefenseRecord:
+    """What one defense did to an update (see :mod:`gi_tutorial.defenses`): its name, its settings, and
+    (pruning) the kept entries. Public, like the protocol, so an attacker can adapt to it."""
+
+    name: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    masks: tuple[torch.Tensor, ...] | None = None  # per gradient tensor, True where the entry was kept
+
+    def __str__(self) -> str:
+        settings = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                             for k, v in self.settings.items() if v is not None)
+        return f"{self.name} ({settings})" if settings else self.name
 
 
 @dataclass(frozen=True)
@@ -42,7 +57,7 @@ class SharedUpdate:
     batch_size: int | None = None
     labels: torch.Tensor | None = None
     bn_statistics: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None
-    defense: tuple[Any, ...] = ()
+    defense: tuple[DefenseRecord, ...] = ()
 
     @property
     def num_values(self) -> int:

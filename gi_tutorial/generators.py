@@ -9,7 +9,7 @@ The book ships one checkpoint, trained on the Fashion-MNIST train split (padded 
 It is produced by a command anyone can re-run (the seed, data, steps and sha256 are
 recorded beside it, in ``checkpoints/<name>.json``)::
 
-    python -m gi_tutorial.generators --steps 3000 --seed 0 --out gi_tutorial/checkpoints/fashion_mnist_dcgan.pt
+    python -m gi_tutorial.generators --steps 4000 --seed 0 --out gi_tutorial/checkpoints/fashion_mnist_dcgan.pt
 
 and loaded with ``torch.load(..., weights_only=True)`` after its hash is checked.
 """
@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .metrics import sha256_of
+from .storage import sha256_of
 
 Z_DIM = 64
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -38,6 +38,10 @@ class Generator(nn.Module):
     def __init__(self, z_dim: int = Z_DIM, channels: int = 1, width: int = 48):
         super().__init__()
         self.z_dim, self.channels, self.width = z_dim, channels, width
+        # what the weights were learned from: "data" (a GAN on images like the clients'), "gradients" (GIML)
+        # or "nothing" (initialisation); a search through it assumes surrogate data only for "data"
+        # (gi_tutorial.threats, gi_tutorial.spaces.generator_requires)
+        self.trained_on = "nothing"
         self.net = nn.Sequential(
             nn.ConvTranspose2d(z_dim, 4 * width, 4, 1, 0, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(True),  # 4x4
             nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(True),  # 8x8
@@ -101,10 +105,11 @@ def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int 
     if images.ndim != 4 or images.shape[-2:] != (32, 32):
         raise ValueError(f"expected images of shape (N, C, 32, 32), got {tuple(images.shape)}")
     device = images.device
-    torch.manual_seed(seed)
-    generator, discriminator = Generator(channels=images.shape[1]), Discriminator(channels=images.shape[1])
-    generator.apply(_init_weights)
-    discriminator.apply(_init_weights)
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without reseeding the caller's global RNG
+        torch.manual_seed(seed)
+        generator, discriminator = Generator(channels=images.shape[1]), Discriminator(channels=images.shape[1])
+        generator.apply(_init_weights)
+        discriminator.apply(_init_weights)
     generator, discriminator = generator.to(device), discriminator.to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
@@ -126,6 +131,7 @@ def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int 
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss D {loss_d.item():.3f}  loss G {loss_g.item():.3f}  "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
+    generator.trained_on = "data"
     return generator.eval()
 
 
@@ -142,7 +148,7 @@ def save_checkpoint(generator: Generator, path: str | Path, half: bool = False, 
     torch.save(state, path)
     record = {"file": path.name, "sha256": sha256_of(path), "z_dim": generator.z_dim,
               "channels": generator.channels, "width": generator.width, "dtype": "float16" if half else "float32",
-              **record}
+              "trained_on": generator.trained_on, **record}
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -171,12 +177,13 @@ def load_generator(path: str | Path = DEFAULT_CHECKPOINT, verify_hash: bool = Tr
                              f"{record_path.name} or restore the file")
     generator = Generator(record["z_dim"], record["channels"], record["width"])
     generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # float16 is cast to float32
+    generator.trained_on = record.get("trained_on", "data")
     return generator.eval()
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Train the book's DCGAN on the Fashion-MNIST train split.")
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default=str(DEFAULT_CHECKPOINT))

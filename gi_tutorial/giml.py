@@ -42,8 +42,9 @@ from tqdm.auto import tqdm
 
 from .fl import SharedUpdate, client_update, server_step
 from .generators import CHECKPOINTS, Generator, load_generator, save_checkpoint, untrained_generator
-from .invert import DivergedError, GIASResult, gias, show_progress
+from .invert import DivergedError, GIASResult, Stage, gias, show_progress
 from .spaces import generator_from_state
+from .threats import threat_model_for
 
 SNAPSHOT_PREFIX = "fashion_mnist_giml_r"
 
@@ -123,9 +124,11 @@ def inner_round(update: SharedUpdate, model: nn.Module, generator: nn.Module, se
     ``theta`` (the task moves nothing); the run is None when the latent search diverged.
     """
     try:
-        run = gias(update, model, generator, latent_iters=settings.latent_iters, latent_lr=settings.latent_lr,
-                   restarts=settings.restarts, weight_iters=settings.weight_iters, weight_lr=settings.weight_lr,
-                   distance=settings.distance, shared=True, seed=seed, progress=False)
+        run = gias(update, model, generator,
+                   latent=Stage(settings.latent_iters, settings.latent_lr, restarts=settings.restarts,
+                                distance=settings.distance),
+                   weights=Stage(settings.weight_iters, settings.weight_lr, distance=settings.distance),
+                   shared=True, threat_model=threat_model_for(generator), seed=seed, progress=False)
     except DivergedError:
         return copy.deepcopy(generator), None
     trial = run.weights.trials[run.weights.best]
@@ -226,6 +229,7 @@ def meta_train(
         if meta_batch > available:
             raise ValueError(f"a meta-batch of {meta_batch} updates is larger than the stream's {available}")
     generator = copy.deepcopy(generator).eval()
+    generator.trained_on = "gradients"  # what the meta-parameters are learned from: no image, ever
     optimizer = torch.optim.Adam(generator.parameters(), lr=epsilon) if outer == "adam" else None
     tasks = ((r.model, u) for r in rounds for u in r.updates)
     snapshots = {0: _state_copy(generator)} if 0 in snapshot_at else {}

@@ -19,18 +19,20 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import threats
 from .analytic import recover_label
 from .config import is_quick
 from .fl import SharedUpdate, batch_gradients
 from .objectives import Distance, gradient_distance
-from .priors import Prior, PriorContext, TotalVariation
-from .spaces import PixelSpace, Space
+from .priors import Prior, PriorContext
+from .spaces import Space
+from .threats import ThreatModel
 
 
 class DivergedError(RuntimeError):
@@ -103,23 +105,48 @@ def resolve_labels(update: SharedUpdate, model: nn.Module, labels: torch.Tensor 
     )
 
 
+@dataclass(frozen=True)
+class Adam:
+    """Adam at learning rate ``lr``; ``signed``: step on the sign of the gradient (Geiping et al., 2020);
+    ``decay``: multiply the learning rate by 0.1 at 3/8, 5/8 and 7/8 of the run."""
+
+    lr: float = 0.1
+    signed: bool = False
+    decay: bool = False
+
+    def __str__(self) -> str:
+        return f"{'signed ' if self.signed else ''}Adam {self.lr:g}{', step decay' if self.decay else ''}"
+
+
+@dataclass(frozen=True)
+class LBFGS:
+    """L-BFGS as in DLG (Zhu et al., 2019): one iteration is one step of up to ``max_iter`` evaluations.
+
+    It needs an unconstrained search space: a projection after each step (the pixel box)
+    corrupts the curvature pairs it keeps, so :func:`reconstruct` refuses a boxed pixel space.
+    """
+
+    lr: float = 1.0
+    max_iter: int = 20
+    history_size: int = 100
+
+    def __str__(self) -> str:
+        return f"L-BFGS {self.lr:g} (up to {self.max_iter} evaluations a step)"
+
+
 def reconstruct(
     update: SharedUpdate,
     model: nn.Module,
-    space: Space | None = None,
+    space: Space,
     *,
-    labels: torch.Tensor | None = None,
-    image_shape: tuple[int, int, int] | None = None,
-    priors: Sequence[Prior] = (),
+    optimizer: Adam | LBFGS = Adam(),
+    num_iters: int = 1000,
+    restarts: int = 1,
     distance: Distance = "l2",
     layer_weights: Sequence[float] | None = None,
-    optimizer: Literal["adam", "lbfgs"] = "adam",
-    lr: float = 0.1,
-    num_iters: int = 1000,
-    signed: bool = False,
-    lr_decay: bool = False,
-    restarts: int = 1,
-    lbfgs_max_iter: int = 20,
+    priors: Sequence[Prior] = (),
+    labels: torch.Tensor | None = None,
+    threat_model: ThreatModel | None = None,
     history_every: int | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -132,46 +159,43 @@ def reconstruct(
             It is attacked in place (a copy costs a few percent per step on ResNet-18), and its
             buffers (train-mode BatchNorm's running statistics) are put back afterwards, even
             after an error, so the caller's model is not changed.
-        space: where to search; default :class:`~gi_tutorial.spaces.PixelSpace` with
-            ``image_shape`` and the update's batch size.
-        labels: the labels to use; else the update's, else iDLG for one image.
-        image_shape: ``(C, H, W)``, needed only for the default pixel space.
-        priors: penalties added to the loss (each includes its weight).
-        distance: ``"l2"`` (DLG) or ``"cosine"`` (Geiping et al.).
-        layer_weights: per-tensor weights of the distance.
-        optimizer: ``"adam"`` or ``"lbfgs"`` (one iteration = one L-BFGS step of up to
-            ``lbfgs_max_iter`` function evaluations, as in DLG).
-        lr: learning rate.
+        space: where to search (:mod:`gi_tutorial.spaces`): pixels, latent codes, generator weights.
+        optimizer: :class:`Adam` (with its learning rate, signed steps, step decay) or :class:`LBFGS`.
         num_iters: iterations per restart.
-        signed: step on the sign of the gradient (Adam only), as in Geiping et al.
-        lr_decay: multiply the learning rate by 0.1 at 3/8, 5/8 and 7/8 of the run.
         restarts: independent trials from different random starts; the one with the
             lowest final gradient distance is returned, and all are kept in ``trials``.
+        distance: ``"l2"`` (DLG) or ``"cosine"`` (Geiping et al.).
+        layer_weights: per-tensor weights of the distance.
+        priors: penalties added to the loss (each includes its weight).
+        labels: the labels to use; else the update's, else iDLG for one image.
+        threat_model: what the attacker holds besides the update (:mod:`gi_tutorial.threats`);
+            the space and the priors must not need more.
         history_every: keep a snapshot every this many iterations (default: 10 per trial).
         seed: seed of the random starts (trial ``k`` uses ``seed + k``).
         progress: show a tqdm bar (default: :func:`show_progress`).
 
     Raises:
         ValueError: the update does not match the model (or holds NaN or inf), a space whose
-            batch size differs from the update's, images (``image_shape``) or labels that do not
-            fit the model, a missing image shape or labels, or a bad option.
+            batch size differs from the update's, labels that do not fit, images that do not fit
+            the model, an attack that needs what the threat model does not give (named), L-BFGS
+            on a boxed pixel space, or a bad option.
     """
     update.check_matches(model)
-    if optimizer not in ("adam", "lbfgs"):
-        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-    if signed and optimizer != "adam":
-        raise ValueError("signed gradients are only defined for the Adam optimizer")
+    if not isinstance(optimizer, (Adam, LBFGS)):
+        raise ValueError(f"optimizer must be invert.Adam(...) or invert.LBFGS(...), got {optimizer!r}")
+    if isinstance(optimizer, LBFGS) and getattr(space, "box", None) is not None:
+        raise ValueError("L-BFGS needs an unconstrained space: clamping the pixels after every step corrupts its "
+                         "curvature pairs (held-out DLG runs then stall at 4-6 dB). Use "
+                         "PixelSpace(shape, box=None) with L-BFGS, or Adam with the box")
     if num_iters < 1 or restarts < 1:
         raise ValueError(f"num_iters and restarts must be at least 1, got {num_iters} and {restarts}")
     device = next(model.parameters()).device
-    if space is None:
-        if image_shape is None or update.batch_size is None:
-            raise ValueError("the default pixel space needs image_shape=(C, H, W) and a shared batch size")
-        space = PixelSpace((update.batch_size, *image_shape), device=device)
     if getattr(space, "device", device) is None:  # a space left on "the model's device"
         space.device = device
     if update.batch_size is not None and space.batch_size != update.batch_size:
         raise ValueError(f"the space reconstructs {space.batch_size} images but the update comes from {update.batch_size}")
+    available = threats.shared_by(update) | (threat_model.knows if threat_model is not None else threats.Knowledge.NONE)
+    threats.check(threats.requirements([space, *priors]), available, threat_model)
     labels = resolve_labels(update, model, labels).to(device)
     if labels.shape != (space.batch_size,):
         raise ValueError(f"labels must have shape ({space.batch_size},), got {tuple(labels.shape)}")
@@ -203,8 +227,8 @@ def reconstruct(
     bar = tqdm(total=restarts * num_iters, disable=not progress, desc="reconstruct", leave=False)
     try:
         for trial_index in range(restarts):
-            trials.append(_run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs_max_iter,
-                                     history_every, torch.Generator().manual_seed(seed + trial_index), bar))
+            trials.append(_run_trial(space, loss_fn, optimizer, num_iters, history_every,
+                                     torch.Generator().manual_seed(seed + trial_index), bar))
     finally:
         bar.close()
         with torch.no_grad():
@@ -216,17 +240,19 @@ def reconstruct(
                           best=best, trials=trials, seconds=seconds, iterations=restarts * num_iters)
 
 
-def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs_max_iter,
-               history_every, rng, bar) -> Trial:
+def _run_trial(space: Space, loss_fn, optimizer: Adam | LBFGS, num_iters: int, history_every: int,
+               rng: torch.Generator, bar) -> Trial:
     variables = space.init(rng)
-    if optimizer == "adam":
-        opt: torch.optim.Optimizer = _adam(variables, lr)
+    if isinstance(optimizer, Adam):
+        opt: torch.optim.Optimizer = _adam(variables, optimizer.lr)
     else:
-        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=lbfgs_max_iter, history_size=100)
+        opt = torch.optim.LBFGS(variables, lr=optimizer.lr, max_iter=optimizer.max_iter,
+                                history_size=optimizer.history_size)
     scheduler = None
-    if lr_decay:
+    if isinstance(optimizer, Adam) and optimizer.decay:
         milestones = [round(num_iters * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+    signed = isinstance(optimizer, Adam) and optimizer.signed
 
     first: dict = {}  # the first evaluation of an iteration: the current (projected) iterate
 
@@ -244,7 +270,7 @@ def _run_trial(space, loss_fn, optimizer, lr, num_iters, signed, lr_decay, lbfgs
     diverged = False
     for it in range(num_iters):
         first.clear()
-        if optimizer == "adam":
+        if isinstance(optimizer, Adam):
             closure()
             if signed:
                 for v in variables:
@@ -288,25 +314,6 @@ def _adam(variables: list[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(variables, lr=lr)
 
 
-def inverting_gradients(
-    update: SharedUpdate,
-    model: nn.Module,
-    *,
-    image_shape: tuple[int, int, int],
-    num_iters: int,
-    tv: float = 1e-3,
-    **kwargs,
-) -> Reconstruction:
-    """The book's pixel-space baseline, GI-x: Inverting Gradients (Geiping et al., 2020) in one call.
-
-    :func:`reconstruct` in pixel space with the cosine distance, a total-variation prior of
-    weight ``tv``, Adam at 0.1 on the sign of the gradient, and step decay. ``kwargs``
-    (labels, restarts, seed, progress, ...) go to :func:`reconstruct`.
-    """
-    return reconstruct(update, model, image_shape=image_shape, distance="cosine", priors=[TotalVariation(tv)],
-                       signed=True, lr=0.1, lr_decay=True, num_iters=num_iters, **kwargs)
-
-
 @dataclass
 class GIASResult:
     """Both stages of GIAS: the latent search and the per-image weight search that refines it."""
@@ -319,46 +326,66 @@ class GIASResult:
         return self.weights.images
 
 
+@dataclass(frozen=True)
+class Stage:
+    """The settings of one stage of :func:`gias`: Adam with step decay for ``num_iters`` steps at ``lr``."""
+
+    num_iters: int
+    lr: float
+    restarts: int = 1  # random starts, the best kept (stage 1; stage 2 starts from stage 1's result)
+    priors: tuple[Prior, ...] = ()
+    distance: Distance = "cosine"
+
+    def __str__(self) -> str:
+        starts = f"{self.restarts} restarts x " if self.restarts > 1 else ""
+        priors = f", priors {', '.join(type(p).__name__ for p in self.priors)}" if self.priors else ""
+        return f"{starts}{self.num_iters} steps of Adam {self.lr:g} with step decay, {self.distance} distance{priors}"
+
+
+LATENT_STAGE = Stage(num_iters=150, lr=0.1, restarts=2)  # chapter 4's stage 1 (GI-z)
+WEIGHT_STAGE = Stage(num_iters=250, lr=3e-4)  # chapter 4's stage 2: small steps keep each copy near the prior
+
+
 def gias(
     update: SharedUpdate,
     model: nn.Module,
     generator: nn.Module,
     *,
-    latent_iters: int = 300,
-    weight_iters: int = 500,
-    latent_lr: float = 0.1,
-    weight_lr: float = 3e-4,
-    restarts: int = 4,
-    latent_priors: Sequence[Prior] = (),
-    weight_priors: Sequence[Prior] = (),
+    latent: Stage = LATENT_STAGE,
+    weights: Stage = WEIGHT_STAGE,
     shared: bool = False,
-    **kwargs,
+    labels: torch.Tensor | None = None,
+    threat_model: ThreatModel | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
 ) -> GIASResult:
     """Gradient Inversion in Alternative Spaces (Jeon et al., 2021): two calls of :func:`reconstruct`.
 
-    Stage 1 searches the generator's latent space (``restarts`` random starts, the best
-    kept). Stage 2 freezes the best ``z*``, gives each image its own copy of the generator's
-    weights, and searches those with the same loss and a small learning rate, so each
-    image can leave the generator's range where the gradient asks it to. Both stages use
-    Adam with step decay; ``kwargs`` (labels, distance, ...) go to both. ``shared=True`` adapts
-    one copy of the weights for the whole batch instead (GIML's inner loop,
+    Stage 1 (``latent``) searches the generator's latent space from ``latent.restarts`` random
+    starts and keeps the best. Stage 2 (``weights``) freezes the best ``z*``, gives each image
+    its own copy of the generator's weights, and searches those with a small learning rate, so
+    each image can leave the generator's range where the gradient asks it to. ``shared=True``
+    adapts one copy of the weights for the whole batch instead (GIML's inner loop,
     :func:`gi_tutorial.giml.inner_round`).
 
     Raises:
-        ValueError: no shared batch size.
-        DivergedError: every stage-1 restart diverged (the loss became NaN or inf): lower ``latent_lr``.
+        ValueError: no shared batch size, or a generator the threat model does not allow.
+        DivergedError: every stage-1 restart diverged (the loss became NaN or inf): lower ``latent.lr``.
     """
     from .spaces import GeneratorSpace, LatentSpace
 
     batch_size = update.batch_size
     if batch_size is None:
         raise ValueError("GIAS needs the batch size: share it in the update")
-    stage1 = reconstruct(update, model, LatentSpace(generator, batch_size), priors=latent_priors, lr=latent_lr,
-                         num_iters=latent_iters, restarts=restarts, lr_decay=True, **kwargs)
+    common = dict(labels=labels, threat_model=threat_model, progress=progress)
+    stage1 = reconstruct(update, model, LatentSpace(generator, batch_size), optimizer=Adam(latent.lr, decay=True),
+                         num_iters=latent.num_iters, restarts=latent.restarts, distance=latent.distance,
+                         priors=latent.priors, seed=seed, **common)
     if stage1.trials[stage1.best].diverged:
-        raise DivergedError(f"every one of the {restarts} latent-search restarts diverged (NaN or inf loss); "
-                           f"try a smaller latent_lr than {latent_lr}")
+        raise DivergedError(f"every one of the {latent.restarts} latent-search restarts diverged (NaN or inf loss); "
+                            f"try a smaller latent learning rate than {latent.lr}")
     z_star = stage1.trials[stage1.best].state["z"]
-    stage2 = reconstruct(update, model, GeneratorSpace(generator, batch_size, z=z_star, shared=shared), priors=weight_priors,
-                         lr=weight_lr, num_iters=weight_iters, restarts=1, lr_decay=True, **kwargs)
+    stage2 = reconstruct(update, model, GeneratorSpace(generator, batch_size, z=z_star, shared=shared),
+                         optimizer=Adam(weights.lr, decay=True), num_iters=weights.num_iters, restarts=1,
+                         distance=weights.distance, priors=weights.priors, seed=seed, **common)
     return GIASResult(latent=stage1, weights=stage2)

@@ -10,10 +10,18 @@
 - :func:`resnet18`: torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 first
   convolution, no max-pool) and BatchNorm, as used by Geiping et al. (2020).
 
-All take ``in_channels`` (1 for Fashion-MNIST, 3 for CIFAR-10) and 32x32 inputs. Every
-model records what it accepts as ``model.in_channels`` and ``model.image_size`` (None
-where a pooled head takes any size), and :func:`check_input` checks a batch against them
-before any forward pass, with an error that says what was expected.
+The book's named victims, built by :func:`build_model` with a fixed seed:
+
+- ``"convnet_s"``, **victim S**: the ConvNet of victim A with widths 8, 16, 16 (13.8k
+  parameters for one input channel), small enough that a batch of 16 has more pixels than
+  the gradient has entries;
+- ``"convnet_fc"``, **victim A**: widths 32, 64, 64 and a fully connected head (96.7k);
+- ``"convnet_gap"``, **victim B**: four convolutions and global average pooling (242k).
+
+All take ``in_channels`` (1 for Fashion-MNIST, 3 for CIFAR-10) and 32x32 inputs, and record
+what they accept as ``model.in_channels`` and ``model.image_size`` (None where a pooled head
+takes any size). :func:`gi_tutorial.fl.checked_logits` turns a batch that does not fit into a
+ValueError that says what was expected.
 """
 from __future__ import annotations
 
@@ -24,7 +32,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-MODELS = ("mlp", "lenet", "convnet_fc", "convnet_gap", "convnet_bn", "resnet18")
+MODELS = ("mlp", "lenet", "convnet_s", "convnet_fc", "convnet_gap", "convnet_bn", "resnet18")
+VICTIMS = {"S": "convnet_s", "A": "convnet_fc", "B": "convnet_gap"}  # the chapters' names for them
 
 
 class MLP(nn.Module):
@@ -114,8 +123,9 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
     """Build a victim model by name with a fixed seed, so every reader gets the same weights.
 
     Args:
-        name: ``"mlp"`` (one hidden layer of 256), ``"lenet"`` (DLG), ``"convnet_fc"``
-            (ConvNet, fully connected head on the 8x8 feature map), ``"convnet_gap"`` (four
+        name: ``"mlp"`` (one hidden layer of 256), ``"lenet"`` (DLG), ``"convnet_s"`` (victim S:
+            widths 8, 16, 16, fully connected head), ``"convnet_fc"`` (victim A: widths 32, 64,
+            64, fully connected head on the 8x8 feature map), ``"convnet_gap"`` (four
             convolutions, global average pooling), ``"convnet_bn"`` (two convolutions with
             BatchNorm, fully connected head) or ``"resnet18"`` (CIFAR stem).
         in_channels: 1 or 3 (any positive number works).
@@ -123,7 +133,7 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
         seed: seed of the random initialisation.
 
     Returns:
-        the model, with ``in_channels`` and ``image_size`` attributes (see :func:`check_input`).
+        the model, with ``in_channels`` and ``image_size`` attributes.
 
     Raises:
         ValueError: an unknown name (the message lists the valid ones), or ``in_channels``
@@ -141,6 +151,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
             model: nn.Module = MLP(in_channels, num_classes)
         elif name == "lenet":
             model = LeNet(in_channels, num_classes)
+        elif name == "convnet_s":
+            model = ConvNet(in_channels, num_classes, widths=(8, 16, 16), strides=(1, 2, 2), head="flatten")
         elif name == "convnet_fc":
             model = ConvNet(in_channels, num_classes, widths=(32, 64, 64), strides=(1, 2, 2), head="flatten")
         elif name == "convnet_gap":
@@ -157,35 +169,3 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
 def num_parameters(model: nn.Module) -> int:
     """Number of trainable parameters, which is also the length of the shared gradient."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def check_input(model: nn.Module, images: torch.Tensor | Sequence[int]) -> None:
-    """Check that a batch fits a model, before any forward pass.
-
-    Reads ``model.in_channels`` and ``model.image_size`` (set by every model of this module;
-    a model without them, or an ``image_size`` of None, is not checked on that count).
-
-    Args:
-        model: the victim model.
-        images: a batch ``(B, C, H, W)``, or its shape (``(B, C, H, W)`` or ``(C, H, W)``).
-
-    Raises:
-        ValueError: a shape that is not ``(B, C, H, W)`` or ``(C, H, W)``, or channels or a
-            size that the model does not take; the message says what it expected.
-
-    >>> check_input(build_model("lenet"), torch.zeros(2, 1, 32, 32))
-    Traceback (most recent call last):
-    ...
-    ValueError: LeNet expects 3-channel images, got 1 channel(s) (batch shape (2, 1, 32, 32))
-    """
-    shape = tuple(images.shape) if isinstance(images, torch.Tensor) else tuple(images)
-    if len(shape) not in (3, 4):
-        raise ValueError(f"images must be (B, C, H, W) (or a shape (C, H, W)), got shape {shape}")
-    c, h, w = shape[-3:]
-    name = type(model).__name__
-    in_channels = getattr(model, "in_channels", None)
-    if in_channels is not None and c != in_channels:
-        raise ValueError(f"{name} expects {in_channels}-channel images, got {c} channel(s) (batch shape {shape})")
-    size = getattr(model, "image_size", None)
-    if size is not None and (h, w) != (size, size):
-        raise ValueError(f"{name} expects {size}x{size} images, got {h}x{w} (batch shape {shape})")

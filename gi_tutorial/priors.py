@@ -17,6 +17,8 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
+from .threats import Knowledge
+
 
 @dataclass
 class PriorContext:
@@ -28,6 +30,7 @@ class PriorContext:
 
 class Prior(Protocol):
     needs_bn_statistics: bool
+    requires: Knowledge  # what the attacker must know to use this prior (gi_tutorial.threats)
 
     def __call__(self, images: torch.Tensor, context: PriorContext) -> torch.Tensor: ...
 
@@ -53,6 +56,7 @@ class TotalVariation:
 
     weight: float
     needs_bn_statistics: bool = False
+    requires: Knowledge = Knowledge.NONE
 
     def __call__(self, images: torch.Tensor, context: PriorContext) -> torch.Tensor:
         return self.weight * total_variation(images)
@@ -133,6 +137,7 @@ class BNStatistics:
     target: Sequence[tuple[torch.Tensor, torch.Tensor]]
     first_layer_weight: float = 10.0
     needs_bn_statistics: bool = True
+    requires: Knowledge = Knowledge.BN_STATISTICS
 
     def __post_init__(self) -> None:
         if self.target is None or len(self.target) == 0:
@@ -165,6 +170,7 @@ class LatentNorm:
 
     weight: float
     needs_bn_statistics: bool = False
+    requires: Knowledge = Knowledge.NONE
 
     def __call__(self, images: torch.Tensor, context: PriorContext) -> torch.Tensor:
         z = getattr(context.space, "z", None)

@@ -30,9 +30,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from .threats import Knowledge, generator_requires
+
 
 class Space(Protocol):
     batch_size: int
+    requires: Knowledge  # what the attacker must know to search this space (gi_tutorial.threats)
 
     def init(self, rng: torch.Generator) -> list[torch.Tensor]: ...
 
@@ -72,6 +75,8 @@ class PixelSpace:
         self.device = None if device is None else torch.device(device)
         self.x: torch.Tensor | None = None
 
+    requires = Knowledge.NONE
+
     def init(self, rng: torch.Generator) -> list[torch.Tensor]:
         if self.init_kind == "randn":
             x = torch.randn(self.shape, generator=rng)
@@ -107,6 +112,7 @@ class LatentSpace:
         self.generator = copy.deepcopy(generator).eval().requires_grad_(False)
         self.batch_size = batch_size
         self.device = next(self.generator.parameters()).device
+        self.requires = generator_requires(generator)
         self.z: torch.Tensor | None = None
 
     def init(self, rng: torch.Generator) -> list[torch.Tensor]:
@@ -269,6 +275,7 @@ class GeneratorSpace:
         self.base = copy.deepcopy(generator).eval().requires_grad_(False)
         self.batch_size = batch_size
         self.shared = shared
+        self.requires = generator_requires(generator)
         self.device = next(self.base.parameters()).device
         self.fixed_z = None if z is None else z.detach().to(self.device)
         self.buffers = {name: b for name, b in self.base.named_buffers()}  # BatchNorm running statistics

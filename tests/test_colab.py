@@ -22,6 +22,15 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 REPO_URL = CONFIG["repository"]["url"].rstrip("/")
 
 
+def _tomllib():
+    """tomllib (Python 3.11+) or its backport tomli, which the test extra installs on 3.9 and 3.10."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib
+
+
 def test_colab_copies_are_current():
     """Regenerates every copy and compares: run `make notebooks` after editing a chapter."""
     assert colab_notebooks.main(["--check"]) == 0
@@ -108,7 +117,7 @@ def _requirement(text: str, name: str) -> str:
 
 
 def test_ipywidgets_lower_bound_is_what_colab_has():
-    tomllib = pytest.importorskip("tomllib")
+    tomllib = _tomllib()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))

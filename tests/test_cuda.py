@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gi_tutorial import fl, generators, giml, invert, metrics, models, spaces
+from gi_tutorial import fl, generators, giml, invert, metrics, models, spaces, threats
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -26,8 +26,8 @@ def test_every_space_reconstructs_on_cuda(case, kind):
              "latent": lambda: spaces.LatentSpace(generator, 2),
              "copies": lambda: spaces.GeneratorSpace(generator, 2),
              "shared": lambda: spaces.GeneratorSpace(generator, 2, shared=True)}[kind]()
-    result = invert.reconstruct(update, victim, space, lr=1e-3 if kind in ("copies", "shared") else 0.1,
-                                num_iters=5, distance="cosine", progress=False)
+    result = invert.reconstruct(update, victim, space, optimizer=invert.Adam(1e-3 if kind in ("copies", "shared") else 0.1),
+                                num_iters=5, distance="cosine", threat_model=threats.DATA_ENHANCED, progress=False)
     assert result.images.device.type == "cpu" and torch.isfinite(result.images).all()
     scores = metrics.evaluate(result.images.to(device), x)
     assert scores.psnr.device.type == "cpu" and torch.isfinite(scores.psnr).all()

@@ -243,9 +243,9 @@ def test_non_finite_updates_are_rejected(lenet, random_batch, bad):
         broken.check_matches(lenet)
     with pytest.raises(ValueError, match="NaN or inf"):
         fl.average_gradients([update, broken])
-    from gi_tutorial import invert
+    from gi_tutorial import invert, spaces
     with pytest.raises(ValueError, match="NaN or inf"):  # the attack refuses it before running
-        invert.reconstruct(broken, lenet, image_shape=(3, 32, 32), num_iters=1)
+        invert.reconstruct(broken, lenet, spaces.PixelSpace((1, 3, 32, 32)), num_iters=1)
 
 
 def test_batch_with_the_wrong_channel_count_is_a_value_error(random_batch):

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from gi_tutorial import fl, generators, invert, metrics, models, objectives, priors, spaces
+from gi_tutorial import fl, generators, invert, metrics, models, objectives, priors, spaces, storage, threats
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def generator():
 
 def test_shipped_checkpoint_matches_its_record(generator):
     record = json.loads(generators.DEFAULT_CHECKPOINT.with_suffix(".json").read_text())
-    assert metrics.sha256_of(generators.DEFAULT_CHECKPOINT) == record["sha256"]
+    assert storage.sha256_of(generators.DEFAULT_CHECKPOINT) == record["sha256"]
     for key in ("seed", "steps", "data", "command", "seconds"):
         assert key in record
     assert generators.DEFAULT_CHECKPOINT.stat().st_size < 5 * 2**20  # a small file, as shipped
@@ -137,7 +137,7 @@ def test_vectorised_copies_match_a_loop_over_modules(generator, vectorise):
     per_image = [torch.stack([grads[1][i + k * len(grads[0])] for k in range(3)]) for i in range(len(grads[0]))]
     for a, b in zip(grads[0], per_image):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
-    kwargs = dict(lr=3e-4, num_iters=5, distance="l2", progress=False)
+    kwargs = dict(optimizer=invert.Adam(3e-4), num_iters=5, distance="l2", progress=False, threat_model=threats.DATA_ENHANCED)
     ran = [invert.reconstruct(update, model, space, **kwargs) for space in (vectorised, loop)]
     assert not torch.allclose(ran[0].images, generator(z).detach(), atol=1e-3)  # the weights moved
     assert torch.allclose(ran[0].images, ran[1].images, atol=1e-5)
@@ -164,8 +164,8 @@ def test_gias_stage_two_lowers_the_gradient_distance(generator):
     target = generator(torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(5))).detach()
     target = target.flip(-1)  # mirrored: near, not in, the range
     update = fl.client_update(model, target, torch.tensor([3]), share_labels=True)
-    result = invert.gias(update, model, generator, latent_iters=30, weight_iters=30, restarts=2,
-                         distance="cosine", weight_lr=1e-3, progress=False)
+    result = invert.gias(update, model, generator, latent=invert.Stage(30, 0.1, restarts=2),
+                         weights=invert.Stage(30, 1e-3), threat_model=threats.DATA_ENHANCED, progress=False)
     assert result.weights.grad_loss < result.latent.grad_loss
     assert result.images.shape == (1, 1, 32, 32)
     assert metrics.psnr(result.weights.images, target) > metrics.psnr(result.latent.images, target)

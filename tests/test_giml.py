@@ -80,8 +80,8 @@ def test_a_few_meta_steps_lower_the_next_rounds_latent_distance(private, victim)
     held_out = rounds[8]
     distances = []
     for g in (untrained, result.generator):
-        run = invert.reconstruct(held_out.updates[0], held_out.model, spaces.LatentSpace(g, 1), lr=0.05,
-                                 num_iters=30, distance="cosine", lr_decay=True, progress=False)
+        run = invert.reconstruct(held_out.updates[0], held_out.model, spaces.LatentSpace(g, 1),
+                                 optimizer=invert.Adam(0.05, decay=True), num_iters=30, distance="cosine", progress=False)
         distances.append(run.grad_loss)
     assert distances[1] < 0.7 * distances[0], distances
 

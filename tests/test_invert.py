@@ -6,32 +6,31 @@ import math
 import pytest
 import torch
 
-from gi_tutorial import analytic, fl, invert, metrics, models, priors, spaces
+from gi_tutorial import analytic, fl, invert, metrics, models, priors, spaces, threats
 
 IMAGE_SHAPE = (3, 32, 32)
 
 
+def pixels(batch_size: int = 1, **kwargs) -> spaces.PixelSpace:
+    return spaces.PixelSpace((batch_size, *IMAGE_SHAPE), **kwargs)
+
+
 @pytest.fixture(scope="module")
 def dlg(cifar_image):
-    """DLG on the first CIFAR-10 test image (a cat) against LeNet: L-BFGS, 2 restarts of 60 steps.
-
-    Measured (torch 2.14.1, one CPU thread, ~6.5 s): both restarts reach a gradient distance of
-    ~2e-5 (PSNR ~40 dB) on one machine; on another, restart 0 stalled at ~54 (PSNR ~5 dB).
-    """
+    """DLG on the first CIFAR-10 test image (a cat) against LeNet: L-BFGS on unboxed pixels, 2 restarts of 60 steps."""
     x, y = cifar_image
     model = models.build_model("lenet")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     update = fl.client_update(model, x, y)  # batch size shared, labels not: iDLG recovers them
-    rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, optimizer="lbfgs", lr=1,
-                             restarts=2, num_iters=60, seed=0)
+    rec = invert.reconstruct(update, model, pixels(box=None), optimizer=invert.LBFGS(1.0), restarts=2, num_iters=60,
+                             seed=0)
     return dict(x=x, y=y, model=model, before=before, update=update, rec=rec)
 
 
 def test_dlg_reconstructs_the_image(dlg):
     rec, x = dlg["rec"], dlg["x"]
     assert rec.images.shape == x.shape
-    # measured 40.3 dB; 30 dB (mean squared error 1e-3) is still a recognisable copy, while a
-    # failed run (like restart 0 here) stays near 5-10 dB
+    # 30 dB (mean squared error 1e-3) is a recognisable copy; a failed run stays near 5-10 dB
     assert metrics.psnr(rec.images, x).item() > 30.0
     assert metrics.ssim(rec.images, x).item() > 0.9
 
@@ -46,8 +45,7 @@ def test_best_trial_has_the_lowest_gradient_distance(dlg):
     assert rec.grad_loss == min(t.grad_loss for t in rec.trials)
     assert rec.grad_loss == rec.trials[rec.best].grad_loss
     assert torch.equal(rec.images, rec.trials[rec.best].images)
-    # the restarts start from different random images (whether one of them stalls depends on the
-    # CPU's floating point, so the test does not rely on it)
+    # the restarts start from different random images
     assert not torch.equal(rec.trials[0].history[0].images, rec.trials[1].history[0].images)
     assert rec.grad_loss < 1e-2
     for t in rec.trials:
@@ -83,14 +81,12 @@ def test_reconstruct_leaves_the_callers_model_unchanged(dlg):
 
 def test_reconstruction_bookkeeping(dlg):
     rec = dlg["rec"]
-    assert rec.iterations == 120
-    assert rec.seconds > 0 and rec.ms_per_iteration == pytest.approx(1000 * rec.seconds / 120)
+    assert rec.iterations == 120 and rec.seconds > 0
 
 
 def test_snapshot_grad_loss_is_the_distance_of_its_images(lenet_update):
     model, update = lenet_update
-    rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, optimizer="adam", lr=0.1, num_iters=3,
-                             history_every=1)
+    rec = invert.reconstruct(update, model, pixels(), optimizer=invert.Adam(0.1), num_iters=3, history_every=1)
     for snapshot in rec.history:
         grads, _ = fl.batch_gradients(model, snapshot.images.clone(), rec.labels)
         distance = sum((g - t).pow(2).sum() for g, t in zip(grads, update.gradients)).item()
@@ -99,30 +95,30 @@ def test_snapshot_grad_loss_is_the_distance_of_its_images(lenet_update):
 
 def test_history_every_is_respected(lenet_update):
     model, update = lenet_update
-    rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, num_iters=7, history_every=3, lr=0.01)
+    rec = invert.reconstruct(update, model, pixels(), num_iters=7, history_every=3, optimizer=invert.Adam(0.01))
     assert [s.iteration for s in rec.history] == [0, 3, 6, 7]
 
 
 def test_adam_with_cosine_and_tv_reduces_the_loss(lenet_update):
     """The Inverting-Gradients configuration runs and descends (signed Adam, step decay, TV)."""
     model, update = lenet_update
-    rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, distance="cosine", signed=True,
-                             lr_decay=True, priors=[priors.TotalVariation(1e-2)], lr=0.05, num_iters=20, seed=3)
+    rec = invert.reconstruct(update, model, pixels(), distance="cosine", optimizer=invert.Adam(0.05, signed=True, decay=True),
+                             priors=[priors.TotalVariation(1e-2)], num_iters=20, seed=3)
     losses = rec.trials[0].losses
     assert len(losses) == 20 and losses[-1] < losses[0]
-    assert 0.0 <= rec.images.min() and rec.images.max() <= 1.0  # the default pixel space keeps the box
+    assert 0.0 <= rec.images.min() and rec.images.max() <= 1.0  # the pixel space keeps its box by default
     assert 0.0 <= rec.grad_loss <= 2.0  # a cosine distance, priors excluded
 
 
 def test_seed_makes_runs_reproducible(lenet_update):
     model, update = lenet_update
-    kwargs = dict(image_shape=IMAGE_SHAPE, num_iters=3, lr=0.1)
-    a = invert.reconstruct(update, model, seed=5, **kwargs)
-    b = invert.reconstruct(update, model, seed=5, **kwargs)
-    c = invert.reconstruct(update, model, seed=6, **kwargs)
+    kwargs = dict(num_iters=3, optimizer=invert.Adam(0.1))
+    a = invert.reconstruct(update, model, pixels(), seed=5, **kwargs)
+    b = invert.reconstruct(update, model, pixels(), seed=5, **kwargs)
+    c = invert.reconstruct(update, model, pixels(), seed=6, **kwargs)
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
     # restart k uses seed + k: the second restart of seed 5 is the first of seed 6
-    two = invert.reconstruct(update, model, seed=5, restarts=2, **kwargs)
+    two = invert.reconstruct(update, model, pixels(), seed=5, restarts=2, **kwargs)
     assert torch.equal(two.trials[1].images, c.images)
 
 
@@ -130,17 +126,17 @@ def test_update_from_another_model_is_rejected(random_batch):
     x, y = random_batch(1)
     update = fl.client_update(models.build_model("convnet_fc"), x, y)  # 8 tensors, like LeNet's
     with pytest.raises(ValueError, match=r"gradient 0 has shape \(32, 3, 3, 3\).*does not match the model"):
-        invert.reconstruct(update, models.build_model("lenet"), image_shape=IMAGE_SHAPE, num_iters=1)
+        invert.reconstruct(update, models.build_model("lenet"), pixels(), num_iters=1)
     update = fl.client_update(models.build_model("mlp"), x, y)  # 4 tensors
     with pytest.raises(ValueError, match="different model"):
-        invert.reconstruct(update, models.build_model("lenet"), image_shape=IMAGE_SHAPE, num_iters=1)
+        invert.reconstruct(update, models.build_model("lenet"), pixels(), num_iters=1)
 
 
 def test_batch_without_labels_is_rejected(lenet, random_batch):
     x, y = random_batch(2)
     update = fl.client_update(lenet, x, y)
     with pytest.raises(ValueError, match="needs labels for a batch of more than one image"):
-        invert.reconstruct(update, lenet, image_shape=IMAGE_SHAPE, num_iters=1)
+        invert.reconstruct(update, lenet, pixels(2), num_iters=1)
 
 
 def test_space_with_the_wrong_batch_size_is_rejected(lenet_update):
@@ -150,8 +146,8 @@ def test_space_with_the_wrong_batch_size_is_rejected(lenet_update):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(optimizer="lbfgs", signed=True), "Adam"),
-    (dict(optimizer="sgd"), "optimizer"),
+    (dict(optimizer="lbfgs"), r"invert.Adam\(...\) or invert.LBFGS"),
+    (dict(optimizer=invert.LBFGS()), "box=None"),  # L-BFGS on the boxed pixel space: its curvature pairs break
     (dict(num_iters=0), "at least 1"),
     (dict(restarts=0), "at least 1"),
     (dict(labels=torch.tensor([1, 2])), r"labels must have shape \(1,\)"),
@@ -160,19 +156,30 @@ def test_space_with_the_wrong_batch_size_is_rejected(lenet_update):
 def test_bad_options_are_rejected(lenet_update, kwargs, match):
     model, update = lenet_update
     with pytest.raises(ValueError, match=match):
-        invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, **{"num_iters": 1, **kwargs})
+        invert.reconstruct(update, model, pixels(), **{"num_iters": 1, **kwargs})
 
 
-def test_default_space_needs_an_image_shape_and_a_batch_size(lenet, random_batch):
+def test_no_shared_batch_size_needs_an_explicit_space_and_labels(lenet, random_batch):
     x, y = random_batch(1)
-    with pytest.raises(ValueError, match="image_shape"):
-        invert.reconstruct(fl.client_update(lenet, x, y), lenet, num_iters=1)
     hidden = fl.client_update(lenet, x, y, share_batch_size=False)
-    with pytest.raises(ValueError, match="shared batch size"):
-        invert.reconstruct(hidden, lenet, image_shape=IMAGE_SHAPE, num_iters=1)
-    # with an explicit space and labels, no batch size is needed
-    rec = invert.reconstruct(hidden, lenet, spaces.PixelSpace((1, *IMAGE_SHAPE)), labels=y, num_iters=1)
+    rec = invert.reconstruct(hidden, lenet, pixels(), labels=y, num_iters=1)
     assert rec.images.shape == (1, *IMAGE_SHAPE)
+
+
+def test_dlg_needs_the_unboxed_space_on_a_held_out_image():
+    """L-BFGS on unboxed pixels recovers held-out CIFAR-10 images that no chapter uses; the boxed
+    space, whose clamping breaks L-BFGS's curvature pairs, is refused with the fix in the message."""
+    from gi_tutorial import data
+
+    images, labels = data.cifar10_targets(20)
+    x, y = images[17:18], labels[17:18]  # measured: 55.8 dB after 100 steps (about 13 s on one thread)
+    model = models.build_model("lenet", seed=17)
+    update = fl.client_update(model, x, y)
+    rec = invert.reconstruct(update, model, pixels(box=None), optimizer=invert.LBFGS(1.0), num_iters=100,
+                             progress=False)
+    assert metrics.evaluate(rec.images, x).psnr.item() > 30.0
+    with pytest.raises(ValueError, match=r"PixelSpace\(shape, box=None\)"):
+        invert.reconstruct(update, model, pixels(), optimizer=invert.LBFGS(1.0), num_iters=1)
 
 
 def test_labels_default_to_idlg_for_one_image(random_batch):
@@ -180,7 +187,7 @@ def test_labels_default_to_idlg_for_one_image(random_batch):
     x, _ = random_batch(1, seed=9)
     y = torch.tensor([6])
     update = fl.client_update(model, x, y)
-    rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, num_iters=1)
+    rec = invert.reconstruct(update, model, pixels(), num_iters=1)
     assert torch.equal(rec.labels, analytic.recover_label(update, model))
     assert rec.labels.tolist() == [6]
     assert torch.equal(invert.resolve_labels(update, model, None), y)
@@ -189,9 +196,9 @@ def test_labels_default_to_idlg_for_one_image(random_batch):
 def test_label_precedence(lenet, random_batch):
     x, y = random_batch(2, seed=1)
     shared = fl.client_update(lenet, x, y, share_labels=True)
-    assert torch.equal(invert.reconstruct(shared, lenet, image_shape=IMAGE_SHAPE, num_iters=1).labels, y)
+    assert torch.equal(invert.reconstruct(shared, lenet, pixels(2), num_iters=1).labels, y)
     given = torch.tensor([0, 0])
-    assert torch.equal(invert.reconstruct(shared, lenet, image_shape=IMAGE_SHAPE, num_iters=1, labels=given).labels, given)
+    assert torch.equal(invert.reconstruct(shared, lenet, pixels(2), num_iters=1, labels=given).labels, given)
 
 
 def test_priors_that_need_bn_statistics_receive_them(random_batch):
@@ -212,7 +219,7 @@ def test_priors_that_need_bn_statistics_receive_them(random_batch):
 
     recorder = Recorder()
     space = spaces.PixelSpace((1, 1, 32, 32))
-    invert.reconstruct(update, model, space, priors=[recorder], num_iters=2, lr=0.01)
+    invert.reconstruct(update, model, space, priors=[recorder], num_iters=2, optimizer=invert.Adam(0.01))
     assert len(recorder.calls) >= 2
     assert all(s is space for s, _ in recorder.calls)
     assert all(shapes == [((4,), (4,)), ((4,), (4,))] for _, shapes in recorder.calls)
@@ -235,11 +242,12 @@ def test_train_mode_batchnorm_statistics_are_put_back_even_after_an_error(random
             raise RuntimeError("a prior failed")
         return images.sum() * 0
 
-    invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), num_iters=2, lr=0.01, progress=False)
+    invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), num_iters=2, optimizer=invert.Adam(0.01),
+                       progress=False)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(RuntimeError, match="a prior failed"):
         invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), priors=[watcher], num_iters=5,
-                           lr=0.01, progress=False)
+                           optimizer=invert.Adam(0.01), progress=False)
     assert any(moved)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert all(p.grad is None for p in model.parameters())
@@ -249,8 +257,8 @@ def test_train_mode_batchnorm_statistics_are_put_back_even_after_an_error(random
 def test_a_diverging_run_is_marked_and_returns_finite_images(lenet_update, weight):
     """A prior of infinite (or NaN) weight makes the loss non-finite at the first step, every time."""
     model, update = lenet_update
-    rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, priors=[priors.TotalVariation(weight)],
-                             optimizer="adam", lr=0.1, num_iters=5, restarts=2)
+    rec = invert.reconstruct(update, model, pixels(), priors=[priors.TotalVariation(weight)],
+                             optimizer=invert.Adam(0.1), num_iters=5, restarts=2)
     assert all(t.diverged for t in rec.trials)
     assert all(t.losses == [] and t.state == {} for t in rec.trials)
     assert torch.isfinite(rec.images).all()
@@ -265,7 +273,7 @@ def test_a_nan_iterate_is_not_returned(lenet_update):
     iterate (its start, the only one evaluated before the failure)."""
     model, update = lenet_update
     space = spaces.PixelSpace((1, *IMAGE_SHAPE), box=None)
-    rec = invert.reconstruct(update, model, space, optimizer="adam", lr=float("inf"), num_iters=3, seed=2)
+    rec = invert.reconstruct(update, model, space, optimizer=invert.Adam(float("inf")), num_iters=3, seed=2)
     trial = rec.trials[0]
     assert trial.diverged and len(trial.losses) == 1 and math.isfinite(trial.losses[0])
     assert torch.isfinite(rec.images).all()
@@ -328,7 +336,7 @@ def test_a_nan_after_the_last_step_marks_the_trial_diverged(lenet_update, cifar_
     model, update = lenet_update
     x, _ = cifar_image
     space = _TrapSpace((1, *IMAGE_SHAPE), start=x, nan_after=4)  # the 4th step is the last one
-    rec = invert.reconstruct(update, model, space, num_iters=4, lr=1e-3, progress=False)
+    rec = invert.reconstruct(update, model, space, num_iters=4, optimizer=invert.Adam(1e-3), progress=False)
     trial = rec.trials[0]
     assert trial.diverged and trial.state == {}
     assert torch.isfinite(rec.images).all() and math.isfinite(rec.grad_loss)
@@ -340,7 +348,7 @@ def test_a_diverged_trial_never_wins_the_ranking(lenet_update, cifar_image):
     model, update = lenet_update
     x, _ = cifar_image
     space = _TrapSpace((1, *IMAGE_SHAPE), start=x, nan_after=2)
-    rec = invert.reconstruct(update, model, space, num_iters=3, restarts=2, lr=1e-3, progress=False)
+    rec = invert.reconstruct(update, model, space, num_iters=3, restarts=2, optimizer=invert.Adam(1e-3), progress=False)
     assert rec.trials[0].diverged and rec.trials[0].grad_loss < rec.trials[1].grad_loss
     assert rec.best == 1 and "x" in rec.trials[rec.best].state
 
@@ -357,32 +365,50 @@ def test_gias_says_when_every_latent_restart_diverged():
         return images.sum() * float("nan")
 
     with pytest.raises(invert.DivergedError, match="diverged"):
-        invert.gias(update, model, generator, latent_iters=2, weight_iters=2, restarts=2,
-                    latent_priors=[nan_prior], progress=False)
+        invert.gias(update, model, generator, latent=invert.Stage(2, 0.1, restarts=2, priors=(nan_prior,)),
+                    weights=invert.Stage(2, 3e-4), progress=False)
 
 
 def test_inputs_that_do_not_fit_the_model_get_a_clear_error(lenet_update):
     model, update = lenet_update
     with pytest.raises(ValueError, match="3-channel images"):
-        invert.reconstruct(update, model, image_shape=(1, 32, 32), num_iters=1, progress=False)
+        invert.reconstruct(update, model, spaces.PixelSpace((1, 1, 32, 32)), num_iters=1, progress=False)
     with pytest.raises(ValueError, match="cannot take a batch"):
-        invert.reconstruct(update, model, image_shape=(3, 20, 20), num_iters=1, progress=False)
+        invert.reconstruct(update, model, spaces.PixelSpace((1, 3, 20, 20)), num_iters=1, progress=False)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
-        invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, labels=torch.tensor([10]), num_iters=1,
-                           progress=False)
+        invert.reconstruct(update, model, pixels(), labels=torch.tensor([10]), num_iters=1, progress=False)
     broken = fl.SharedUpdate(tuple(torch.full_like(g, float("nan")) for g in update.gradients), batch_size=1)
     with pytest.raises(ValueError, match="NaN or inf"):
-        invert.reconstruct(broken, model, image_shape=IMAGE_SHAPE, num_iters=1, progress=False)
+        invert.reconstruct(broken, model, pixels(), num_iters=1, progress=False)
 
 
-def test_inverting_gradients_is_the_recipe_it_names(lenet_update):
-    """GI-x in one call takes exactly the steps of reconstruct with the Inverting Gradients options."""
-    model, update = lenet_update
-    short = invert.inverting_gradients(update, model, image_shape=IMAGE_SHAPE, num_iters=4, tv=1e-2, progress=False)
-    spelled = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, distance="cosine",
-                                 priors=[priors.TotalVariation(1e-2)], signed=True, lr=0.1, lr_decay=True,
-                                 num_iters=4, progress=False)
-    assert torch.equal(short.images, spelled.images)
-    assert short.trials[0].losses == spelled.trials[0].losses
-    other = invert.inverting_gradients(update, model, image_shape=IMAGE_SHAPE, num_iters=4, tv=1.0, progress=False)
-    assert not torch.equal(other.images, short.images)  # the TV weight is used
+def test_a_generator_trained_on_data_needs_a_threat_model_with_surrogate_data():
+    """The DCGAN was trained on images like the clients': searching through it assumes surrogate data
+    (threat model D), and reconstruct refuses it unless the caller states such a threat model. GIML's
+    generator, learned from gradients alone, needs none."""
+    from gi_tutorial import generators
+
+    model = models.build_model("convnet_fc", in_channels=1)
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    update = fl.client_update(model, x, torch.tensor([2]), share_labels=True)
+    dcgan = generators.load_generator()
+    with pytest.raises(ValueError, match="surrogate data.*threat_model=threats.DATA_ENHANCED"):
+        invert.reconstruct(update, model, spaces.LatentSpace(dcgan, 1), num_iters=1)
+    with pytest.raises(ValueError, match="parameter-aware"):
+        invert.reconstruct(update, model, spaces.LatentSpace(dcgan, 1), num_iters=1,
+                           threat_model=threats.PARAMETER_AWARE)
+    invert.reconstruct(update, model, spaces.LatentSpace(dcgan, 1), num_iters=1, threat_model=threats.DATA_ENHANCED)
+    learned = generators.untrained_generator(0)
+    learned.trained_on = "gradients"
+    invert.reconstruct(update, model, spaces.GeneratorSpace(learned, 1), num_iters=1)
+
+
+def test_a_prior_that_needs_bn_statistics_is_refused_when_the_update_has_none(random_batch):
+    model = models.ConvNet(in_channels=1, widths=(4, 4), strides=(2, 2), batch_norm=True).train()
+    x, y = random_batch(1, c=1)
+    shared = fl.client_update(model, x, y, share_bn_statistics=True)
+    prior = priors.BNStatistics(1.0, shared.bn_statistics)
+    invert.reconstruct(shared, model, spaces.PixelSpace((1, 1, 32, 32)), priors=[prior], num_iters=1)
+    with pytest.raises(ValueError, match="BatchNorm statistics of the client's batch"):
+        invert.reconstruct(fl.client_update(model, x, y), model, spaces.PixelSpace((1, 1, 32, 32)), priors=[prior],
+                           num_iters=1)

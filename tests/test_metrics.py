@@ -164,11 +164,6 @@ def test_summarize_caps_and_counts():
     assert metrics.summarize(with_lpips)["lpips"] == pytest.approx(0.2)
 
 
-def test_mean_of_keeps_none():
-    rows = [{"psnr": 10.0, "lpips": None}, {"psnr": 20.0, "lpips": 0.5}]
-    assert metrics.mean_of(rows) == {"psnr": 15.0, "lpips": None}
-
-
 def test_lpips_without_weights_is_not_computed(tmp_path):
     metric = metrics.load_lpips(allow_download=False, checkpoint_dir=tmp_path)
     assert not metric.available
@@ -194,11 +189,6 @@ def test_lpips_download_failure_is_reported(tmp_path, monkeypatch):
 def test_alexnet_checkpoint_path(tmp_path):
     assert metrics.alexnet_checkpoint_path(tmp_path) == tmp_path / "alexnet-owt-7be5be79.pth"
 
-
-def test_sha256_of(tmp_path):
-    path = tmp_path / "f"
-    path.write_bytes(b"abc")
-    assert metrics.sha256_of(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 @pytest.fixture(scope="module")

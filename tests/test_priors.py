@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gi_tutorial import fl, invert, metrics, models
+from gi_tutorial import fl, invert, metrics, models, spaces, threats
 from gi_tutorial.priors import BNStatistics, PriorContext, bn_statistics_distance
 
 IMAGE_SHAPE = (3, 32, 32)
@@ -99,7 +99,8 @@ def test_a_model_without_batchnorm_is_a_clear_error(bn_setting, lenet):
     # the same error through the loop: LeNet has no BatchNorm layer to record
     lenet_update = fl.client_update(lenet, x, y, share_labels=True)
     with pytest.raises(ValueError, match="recorded 0 BatchNorm layers"):
-        invert.reconstruct(lenet_update, lenet, image_shape=IMAGE_SHAPE, priors=[prior], num_iters=1, progress=False)
+        invert.reconstruct(lenet_update, lenet, spaces.PixelSpace((len(x), *IMAGE_SHAPE)), priors=[prior], num_iters=1,
+                           threat_model=threats.STATISTICS_INFORMED, progress=False)
 
 
 def test_statistics_of_another_model_are_a_clear_error(bn_setting):
@@ -125,8 +126,9 @@ def with_and_without_bn(bn_setting):
     model, x, y, update = bn_setting
     results = {}
     for name, prior_list in (("none", []), ("bn", [BNStatistics(0.01, update.bn_statistics)])):
-        rec = invert.reconstruct(update, model, image_shape=IMAGE_SHAPE, priors=prior_list, distance="cosine",
-                                 lr=0.1, signed=True, lr_decay=True, num_iters=300, seed=0, progress=False)
+        rec = invert.reconstruct(update, model, spaces.PixelSpace((len(x), *IMAGE_SHAPE)), priors=prior_list,
+                                 distance="cosine", optimizer=invert.Adam(0.1, signed=True, decay=True), num_iters=300,
+                                 seed=0, progress=False)
         results[name] = rec
     return results
 
