@@ -157,6 +157,52 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str],
     return Markdown("\n".join(lines))
 
 
+def tally_table(tally, rows: Sequence[str], metrics: dict[str, tuple[str, str]], headers: dict[str, str] | None = None,
+                with_n: bool = True):
+    """A Markdown table of a :class:`~gi_tutorial.stats.Tally`: one line per value of ``rows``, each metric as
+    mean ± sd (ddof = 1) over the runs, and their number n.
+
+    ``metrics`` maps a metric to ``(header, format)``, e.g. ``{"psnr": ("PSNR (dB)", "{:.1f}")}``. A metric
+    that no run has (LPIPS where the AlexNet weights cannot be had) is left out, not shown as a
+    column of "not computed"; say so once in the chapter's text.
+    """
+    present = {m: spec for m, spec in metrics.items() if tally.values(m)}
+    lines = tally.table(rows, {m: fmt for m, (_, fmt) in present.items()})
+    headers = {**{k: k for k in rows}, **(headers or {})}
+    columns = {k: headers[k] for k in rows}
+    columns.update({m: header for m, (header, _) in present.items()})
+    if with_n:
+        columns["n"] = "n"
+    return markdown_table(lines, columns, formats={"n": "{:d}"})
+
+
+class Clock:
+    """Wall and CPU time since a chapter started, for its "time to run" line (glued, never typed)."""
+
+    def __init__(self):
+        import time
+
+        self._time = time
+        self.wall0, self.cpu0 = time.perf_counter(), time.process_time()
+
+    def text(self) -> str:
+        """E.g. "4.2 minutes (4.1 minutes of CPU time, 1 thread)"; seconds below two minutes."""
+        import torch
+
+        wall, cpu = self._time.perf_counter() - self.wall0, self._time.process_time() - self.cpu0
+
+        def span(seconds: float) -> str:
+            return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} minutes"
+
+        return f"{span(wall)} ({span(cpu)} of CPU time, {torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)})"
+
+    def glue(self, name: str) -> str:
+        """Publish :meth:`text` under ``name`` and return it."""
+        text = self.text()
+        glue(name, text)
+        return text
+
+
 def show_code(obj: Any):
     """The source of a library function or class, as a Markdown code block (the book shows code, not copies)."""
     import inspect
