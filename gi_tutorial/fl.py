@@ -106,10 +106,12 @@ def _named_trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def check_batch(images: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-    """Raise ValueError unless ``images`` is (B, C, H, W) floating point and ``labels`` is (B,) integer."""
+    """Raise ValueError unless ``images`` is a non-empty (B, C, H, W) floating-point batch and ``labels`` is (B,) integer."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor of shape (B, C, H, W), got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"the batch is empty (shape {tuple(images.shape)}): a client update needs at least one image")
     if labels is not None:
         if labels.ndim != 1 or labels.shape[0] != images.shape[0] or labels.is_floating_point():
             raise ValueError(

@@ -106,6 +106,7 @@ def test_client_update_leaves_the_callers_model_unchanged(resnet, random_batch, 
     (torch.rand(2, 3, 32, 32), torch.tensor([1, 2, 3]), r"shape \(2,\)"),
     (torch.rand(2, 3, 32, 32), torch.tensor([[1, 2]]), r"shape \(2,\)"),
     (torch.rand(2, 3, 32, 32), torch.tensor([1.0, 2.0]), r"integer tensor of shape \(2,\)"),
+    (torch.rand(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64), "the batch is empty"),
 ])
 def test_bad_batches_raise_value_error(lenet, images, labels, match):
     with pytest.raises(ValueError, match=match):
