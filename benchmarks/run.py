@@ -4,6 +4,7 @@
     python benchmarks/run.py --steps         # only the per-step figures
     python benchmarks/run.py --chapters      # only the chapter runtimes (full and quick mode)
     python benchmarks/run.py --generator     # only GI-z and GIAS stage-2 step costs against GI-x
+    python benchmarks/run.py --generator --victims convnet_fc --batches 4 --iters 2 --rounds 1   # a smoke test
 
 The overhead ratio compares one iteration of ``invert.reconstruct`` (its marginal cost:
 a run of 2N iterations minus a run of N) with a bare
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gi_tutorial import config, fl, generators, invert, models, spaces  # noqa: E402
+from gi_tutorial import attacks, config, fl, generators, invert, models, priors, spaces, threats  # noqa: E402
 
 
 def bare_steps(model: torch.nn.Module, update: fl.SharedUpdate, labels: torch.Tensor, shape, num_iters: int) -> float:
@@ -54,8 +55,8 @@ def library_steps(model, update, labels, shape, num_iters: int) -> float:
     the marginal cost of an iteration is the difference between a run of 2N and one of N.
     """
     def run(n: int) -> float:
-        return invert.reconstruct(update, model, labels=labels, image_shape=shape[1:], num_iters=n,
-                                  optimizer="adam", lr=0.1, distance="l2", progress=False).seconds
+        return invert.reconstruct(update, model, spaces.PixelSpace(shape), optimizer=invert.Adam(0.1), num_iters=n,
+                                  labels=labels, distance="l2", progress=False).seconds
 
     return run(2 * num_iters) - run(num_iters)
 
@@ -79,30 +80,47 @@ def step_figures(name: str, batch_size: int, num_iters: int, rounds: int) -> dic
 
 
 def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, rounds: int) -> dict[str, float]:
-    """Marginal ms per step of GI-x, GI-z and GIAS stage 2 (per-image copies, vectorised) on one victim."""
+    """Marginal ms per step of GI-x, GI-z and GIAS stage 2 on one victim, each as the book runs it.
+
+    GI-x is chapter 4's pixel attack (:func:`gi_tutorial.attacks.gi_x`: cosine distance, total
+    variation 1e-3, signed Adam, the box); GI-z and stage 2 are :func:`gi_tutorial.invert.gias`'s
+    stages (cosine distance, Adam). Stage 2 runs the per-image copies as the library does
+    (per-copy layers); ``vmap`` runs them through ``torch.func.vmap``; ``shared`` is one copy
+    for the whole batch (GIML's inner loop), the same generator work without per-image weights.
+    """
     generator = generators.load_generator()
     victim = models.build_model(victim_name, in_channels=1)
     g = torch.Generator().manual_seed(0)
     x = generator(torch.randn(batch_size, generator.z_dim, generator=g)).detach()
     update = fl.client_update(victim, x, torch.arange(batch_size) % 10, share_labels=True)
     z = torch.randn(batch_size, generator.z_dim, generator=g)
-    make_space = {"GI-x": lambda: None, "GI-z": lambda: spaces.LatentSpace(generator, batch_size),
-                  "stage 2": lambda: spaces.GeneratorSpace(generator, batch_size, z=z),
-                  "vmap": lambda: spaces.GeneratorSpace(generator, batch_size, z=z, vectorise="vmap"),
-                  "shared": lambda: spaces.GeneratorSpace(generator, batch_size, z=z, shared=True)}
+    budget = attacks.BUDGETS["ch4"]
+    gi_x = attacks.gi_x(budget)
+    pixel = dict(optimizer=gi_x.optimizer, distance=gi_x.distance, priors=[priors.TotalVariation(gi_x.tv)])
+    latent = dict(optimizer=invert.Adam(budget.z_lr, decay=True), distance="cosine")
+    weights = dict(optimizer=invert.Adam(budget.w_lr, decay=True), distance="cosine")
+    make = {"GI-x": (lambda: spaces.PixelSpace((batch_size, 1, 32, 32)), pixel),
+            "GI-z": (lambda: spaces.LatentSpace(generator, batch_size), latent),
+            "stage 2": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z), weights),
+            "vmap": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, vectorise="vmap"), weights),
+            "shared": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, shared=True), weights)}
 
     def marginal(name: str) -> float:
+        space, options = make[name]
+
         def run(n: int) -> float:
-            return invert.reconstruct(update, victim, make_space[name](), image_shape=(1, 32, 32), num_iters=n,
-                                      lr=1e-3, distance="cosine", progress=False).seconds
+            return invert.reconstruct(update, victim, space(), num_iters=n, threat_model=threats.DATA_ENHANCED,
+                                      progress=False, **options).seconds
         return (run(2 * num_iters) - run(num_iters)) / num_iters
 
-    times = {name: [] for name in make_space}
+    times = {name: [] for name in make}
+    for name in make:  # warm-up
+        marginal(name)
     for _ in range(rounds):  # interleaved, so machine load affects every method alike
-        for name in make_space:
+        for name in make:
             times[name].append(marginal(name))
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    return {**ms, **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make_space}}
+    return {**ms, **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make}}
 
 
 def chapter_seconds(notebook: Path, quick: bool) -> float:
@@ -121,6 +139,10 @@ def main() -> None:
     parser.add_argument("--steps", action="store_true", help="only the per-step figures")
     parser.add_argument("--chapters", action="store_true", help="only the chapter runtimes")
     parser.add_argument("--generator", action="store_true", help="only the generator-space step costs")
+    parser.add_argument("--victims", default="convnet_fc,convnet_gap", help="victims of --generator")
+    parser.add_argument("--batches", default="1,4,8", help="batch sizes of --generator")
+    parser.add_argument("--iters", type=int, default=20, help="steps per timed run of --generator (2N minus N)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --generator (the median)")
     args = parser.parse_args()
     both = not (args.steps or args.chapters or args.generator)
     config.set_threads()
@@ -136,9 +158,9 @@ def main() -> None:
               "  stage 2 = GIAS's per-image copies of the weights, as the library runs them (per-copy layers);\n"
               "  vmap = the same copies through torch.func.vmap; one copy = a single copy shared by the batch\n"
               "  (GIML's inner loop: the generator's own cost, with no per-image weights, a floor for stage 2)")
-        for victim in ("convnet_fc", "convnet_gap"):
-            for b in (1, 4, 8):
-                f = generator_step_figures(victim, b, 20, 3)
+        for victim in args.victims.split(","):
+            for b in (int(b) for b in args.batches.split(",")):
+                f = generator_step_figures(victim, b, args.iters, args.rounds)
                 print(f"  {victim:11s} batch {b}: GI-x {f['GI-x']:5.1f} ms | GI-z {f['GI-z']:5.1f} ms "
                       f"{f['GI-z_ratio']:.2f}x | stage 2 {f['stage 2']:5.1f} ms {f['stage 2_ratio']:.2f}x | "
                       f"vmap {f['vmap']:5.1f} ms {f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms "
