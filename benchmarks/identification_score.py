@@ -11,6 +11,7 @@ uses) for victims S and A, and ranks every matched reconstruction both ways.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -27,12 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny budgets, to check the script runs")
     args = parser.parse_args(argv)
     config.set_threads()
+    os.environ["GI_TUTORIAL_PROGRESS"] = "0"
     start = time.perf_counter()
     budget = attacks.QUICK if args.quick else attacks.BUDGETS["ch4"]
     images, labels = data.fashion_mnist("test")
     stick = yardstick.fashion_mnist()
     dcgan = generators.load_generator()
-    recipes = [attacks.gi_x(budget), attacks.gias_attack(budget, latent_name=None), *attacks.floors("dcgan", mean_image=True)]
+    recipes = [attacks.gi_x(budget), attacks.gias_attack(budget, latent_name=None),
+               *attacks.floors("dcgan", mean_image=True)]
     tally = stats.Tally(keys=("victim", "batch", "seed", "method"))
     offset = FIRST_IMAGE
     for victim_name, model_name, batch in SETTINGS:

@@ -281,8 +281,9 @@ def battery(budget: str | Budget, *, generator: str = "dcgan", methods: Sequence
 
 def score(images: torch.Tensor, truth: torch.Tensor, truth_labels: torch.Tensor, yardstick: Yardstick | None,
           lpips: metrics.LPIPSMetric | None = None) -> tuple[dict, torch.Tensor]:
-    """A batch's scores after matching: mean PSNR (capped at 40 dB), SSIM, LPIPS (if computed),
-    identification rate and its chance; and the matched images."""
+    """A batch's scores after matching: mean PSNR (capped at 40 dB), SSIM, LPIPS (if computed), the
+    identification rate by the yardstick's score and its chance level, the rates by SSIM and by PSNR
+    (``identified_ssim``, ``identified_psnr``); and the matched images."""
     scores = metrics.evaluate(images, truth, lpips)
     matched = images.detach().cpu().clamp(0, 1)[scores.order]
     summary = metrics.summarize(scores)
@@ -290,8 +291,9 @@ def score(images: torch.Tensor, truth: torch.Tensor, truth_labels: torch.Tensor,
     if summary["lpips"] is not None:
         row["lpips"] = summary["lpips"]
     if yardstick is not None:
-        found = yardstick.identify(matched, truth, truth_labels)
-        row.update(identified=found.rate, chance=found.chance)
+        found = {s: yardstick.identify(matched, truth, truth_labels, score=s) for s in ("ssim", "psnr")}
+        row.update(identified=found[yardstick.score].rate, chance=found[yardstick.score].chance,
+                   identified_ssim=found["ssim"].rate, identified_psnr=found["psnr"].rate)
     return row, matched
 
 
