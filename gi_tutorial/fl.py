@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -272,3 +272,61 @@ def average_gradients(updates: Sequence[SharedUpdate]) -> tuple[torch.Tensor, ..
             raise ValueError(f"update {k} holds NaN or inf gradients: it cannot be averaged")
     total = sum(u.batch_size for u in updates)
     return tuple(sum(u.batch_size / total * u.gradients[i] for u in updates) for i in range(len(updates[0].gradients)))
+
+
+@dataclass(frozen=True)
+class FLRound:
+    """What the server holds after one FedSGD round: the model it sent and the updates it received."""
+
+    index: int
+    model: nn.Module  # the global model of this round (a copy: later rounds do not change it)
+    updates: tuple[SharedUpdate, ...]
+
+
+def fl_rounds(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model: nn.Module,
+    num_rounds: int,
+    *,
+    clients_per_round: int = 1,
+    batch_size: int = 1,
+    share_labels: bool = True,
+    fedsgd_every: int | None = 5,
+    server_lr: float = 0.05,
+    seed: int = 0,
+) -> Iterator[FLRound]:
+    """Simulate FedSGD on private data and yield what the server sees, round by round.
+
+    Each round, ``clients_per_round`` clients each draw a private batch of ``batch_size``
+    images and share the gradient with the batch size (and the labels if ``share_labels``).
+    Every ``fedsgd_every`` rounds the server averages the updates received since its last
+    step and takes an SGD step, so the victim trains as federated learning goes on;
+    ``fedsgd_every=None`` keeps it frozen. The images never leave this function, which runs
+    lazily: each round's updates are computed when the round is drawn.
+
+    Raises:
+        ValueError: bad sizes, or images and labels that do not match.
+    """
+    if num_rounds < 1 or clients_per_round < 1 or batch_size < 1 or (fedsgd_every is not None and fedsgd_every < 1):
+        raise ValueError("num_rounds, clients_per_round, batch_size and fedsgd_every must be at least 1 "
+                         f"(fedsgd_every=None: a frozen victim), got {num_rounds}, {clients_per_round}, "
+                         f"{batch_size}, {fedsgd_every}")
+    if len(images) != len(labels) or len(images) < batch_size:
+        raise ValueError(f"need at least batch_size={batch_size} images with one label each, "
+                         f"got {len(images)} images and {len(labels)} labels")
+    model = copy.deepcopy(model)
+    rng = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    pending: list[SharedUpdate] = []  # the updates received since the server's last step
+    for index in range(num_rounds):
+        updates = []
+        for _ in range(clients_per_round):
+            pick = torch.randperm(len(images), generator=rng)[:batch_size]
+            updates.append(client_update(model, images[pick].to(device), labels[pick].to(device),
+                                         share_labels=share_labels))
+        yield FLRound(index, copy.deepcopy(model), tuple(updates))
+        pending += updates
+        if fedsgd_every is not None and (index + 1) % fedsgd_every == 0:
+            server_step(model, pending, server_lr)
+            pending = []

@@ -4,21 +4,25 @@ GIAS needs a generator trained on images like the clients'. An attacker who has 
 data still receives, round after round, the clients' updates. GIML turns that stream into
 a prior: each received update is a *task*; the server inverts it with the current
 generator (a latent search, then one shared copy of the generator adapted to the whole
-batch, starting from the meta-parameters ``theta``), and the adapted weights ``theta'``
-pull ``theta`` towards generators that explain the clients' gradients. The outer update is
-first-order meta-learning, Reptile (Nichol, Achiam and Schulman, 2018)::
+batch, starting from the meta-parameters ``w``, the generator's weights), and the adapted
+weights ``w'`` pull ``w`` towards generators that explain the clients' gradients. The outer
+update is first-order meta-learning, Reptile (Nichol, Achiam and Schulman, 2018)::
 
-    theta <- theta + eps * mean_i(theta'_i - theta)
+    w <- w + step_size * mean_i(w'_i - w)
 
-with ``eps`` annealed linearly to zero, as Nichol et al. do. The authors' code instead
-feeds the pseudo-gradient ``theta - theta'`` to Adam; :func:`meta_train` offers both.
+with ``step_size`` (Nichol et al.'s epsilon; the book writes beta, keeping epsilon for
+differential privacy and theta for the victim's weights) annealed linearly to zero, as
+Nichol et al. do. The authors' code instead feeds the pseudo-gradient ``w - w'`` to Adam;
+:func:`meta_train` offers both.
 
-The threat model in code: the clients' images stay inside :func:`fl_rounds`, which
-simulates FedSGD and yields what the server holds in each round (:class:`FLRound`: the
-global model it sent and the :class:`~gi_tutorial.fl.SharedUpdate` s it received). The
-meta-learner, :func:`meta_train`, takes only those rounds. As in the authors' code, the
+The threat model in code: the clients' images stay inside :func:`gi_tutorial.fl.fl_rounds`,
+which simulates FedSGD and yields what the server holds in each round
+(:class:`~gi_tutorial.fl.FLRound`: the global model it sent and the updates it received).
+The meta-learner, :func:`meta_train`, takes only those rounds. As in the authors' code, the
 victim keeps training while the attacker learns: every few rounds the server applies the
-averaged update, so later gradients come from a partly trained model.
+averaged update, so later gradients come from a partly trained model. Where the clients do
+not share their labels, each task's labels come from the update itself
+(:func:`gi_tutorial.analytic.recover_labels`, exact for a batch whose labels are all different).
 
 The shipped snapshots (``checkpoints/fashion_mnist_giml_rNNNN.pt``) are produced by
 ``python -m gi_tutorial.giml`` (``make giml``); each has a record beside it (seed, data,
@@ -34,73 +38,23 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Sequence
+from typing import Iterable, Literal, Sequence
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .fl import SharedUpdate, client_update, server_step
+from .analytic import recover_labels
+from .fl import FLRound, SharedUpdate, fl_rounds
 from .generators import CHECKPOINTS, Generator, load_generator, save_checkpoint, untrained_generator
+from . import attacks, stats
 from .invert import DivergedError, GIASResult, Stage, gias, show_progress
 from .spaces import generator_from_state
 from .threats import threat_model_for
 
-SNAPSHOT_PREFIX = "fashion_mnist_giml_r"
-
-
-@dataclass(frozen=True)
-class FLRound:
-    """What the server holds after one FedSGD round: the model it sent and the updates it received."""
-
-    index: int
-    model: nn.Module  # the global model of this round (a copy: later rounds do not change it)
-    updates: tuple[SharedUpdate, ...]
-
-
-def fl_rounds(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    model: nn.Module,
-    num_rounds: int,
-    *,
-    clients_per_round: int = 1,
-    batch_size: int = 1,
-    fedsgd_every: int = 5,
-    server_lr: float = 0.05,
-    seed: int = 0,
-) -> Iterator[FLRound]:
-    """Simulate FedSGD on private data and yield what the server sees, round by round.
-
-    Each round, ``clients_per_round`` clients each draw a private batch of ``batch_size``
-    images and share the gradient (with the batch size and labels). Every ``fedsgd_every``
-    rounds the server averages the updates received since its last step and takes an SGD
-    step, so the victim trains as federated learning goes on. The images never leave this
-    function.
-
-    Raises:
-        ValueError: bad sizes, or images and labels that do not match.
-    """
-    if num_rounds < 1 or clients_per_round < 1 or batch_size < 1 or fedsgd_every < 1:
-        raise ValueError("num_rounds, clients_per_round, batch_size and fedsgd_every must be at least 1, got "
-                         f"{num_rounds}, {clients_per_round}, {batch_size}, {fedsgd_every}")
-    if len(images) != len(labels) or len(images) < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} images with one label each, "
-                         f"got {len(images)} images and {len(labels)} labels")
-    model = copy.deepcopy(model)
-    rng = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    pending: list[SharedUpdate] = []  # the updates received since the server's last step
-    for index in range(num_rounds):
-        updates = []
-        for _ in range(clients_per_round):
-            pick = torch.randperm(len(images), generator=rng)[:batch_size]
-            updates.append(client_update(model, images[pick].to(device), labels[pick].to(device), share_labels=True))
-        yield FLRound(index, copy.deepcopy(model), tuple(updates))
-        pending += updates
-        if (index + 1) % fedsgd_every == 0:
-            server_step(model, pending, server_lr)
-            pending = []
+SNAPSHOT_PREFIX = "fashion_mnist_giml_r"  # the shipped run: clients at batch 1, labels shared, meta-batch 1
+HARDER_PREFIX = "fashion_mnist_giml_b4_r"  # the harder stream: batch 4, labels read off the updates, meta-batch 2
+NONMETA_CHECKPOINT = CHECKPOINTS / "fashion_mnist_nonmeta.pt"  # GI-x on the same stream, then a GAN (no meta-learning)
 
 
 @dataclass(frozen=True)
@@ -115,20 +69,34 @@ class InnerSettings:
     distance: Literal["l2", "cosine"] = "cosine"
 
 
+def task_labels(update: SharedUpdate, model: nn.Module) -> torch.Tensor | None:
+    """The labels a task is inverted with: shared in the update, else read off its gradient.
+
+    One image: None (the inversion recovers its label exactly, iDLG-style). A batch:
+    :func:`~gi_tutorial.analytic.recover_labels`, which is exact when the batch's labels are all
+    different; a batch with a repeated label gets a wrong label, which the attacker cannot tell.
+    """
+    if update.labels is not None or update.batch_size == 1:
+        return None
+    return recover_labels(update, model)
+
+
 def inner_round(update: SharedUpdate, model: nn.Module, generator: nn.Module, settings: InnerSettings = InnerSettings(),
                 seed: int = 0) -> tuple[nn.Module, GIASResult | None]:
-    """Invert one update with the current generator; return the adapted generator ``theta'`` and the run.
+    """Invert one update with the current generator; return the adapted generator ``w'`` and the run.
 
     This is GIAS (:func:`~gi_tutorial.invert.gias`) with one copy of the weights shared by
-    the batch, starting from the meta-parameters. If the search diverges, ``theta'`` is
-    ``theta`` (the task moves nothing); the run is None when the latent search diverged.
+    the batch, starting from the meta-parameters ``w``, with the update's labels or, where it
+    has none, those of :func:`task_labels`. If the search diverges, ``w'`` is ``w`` (the task
+    moves nothing); the run is None when the latent search diverged.
     """
     try:
         run = gias(update, model, generator,
                    latent=Stage(settings.latent_iters, settings.latent_lr, restarts=settings.restarts,
                                 distance=settings.distance),
                    weights=Stage(settings.weight_iters, settings.weight_lr, distance=settings.distance),
-                   shared=True, threat_model=threat_model_for(generator), seed=seed, progress=False)
+                   shared=True, labels=task_labels(update, model), threat_model=threat_model_for(generator),
+                   seed=seed, progress=False)
     except DivergedError:
         return copy.deepcopy(generator), None
     trial = run.weights.trials[run.weights.best]
@@ -136,31 +104,31 @@ def inner_round(update: SharedUpdate, model: nn.Module, generator: nn.Module, se
     return adapted, run
 
 
-def reptile_step(generator: nn.Module, adapted: Sequence[nn.Module], epsilon: float,
+def reptile_step(generator: nn.Module, adapted: Sequence[nn.Module], step_size: float,
                  optimizer: torch.optim.Optimizer | None = None) -> None:
-    """The outer update, in place: ``theta <- theta + epsilon * mean_i(theta'_i - theta)``.
+    """The outer update, in place: ``w <- w + step_size * mean_i(w'_i - w)``.
 
     With an ``optimizer`` over ``generator.parameters()`` (the authors' variant), the
-    pseudo-gradient ``theta - mean_i(theta'_i)`` is handed to it instead, at learning rate
-    ``epsilon``. Only parameters move; buffers (BatchNorm statistics) stay.
+    pseudo-gradient ``w - mean_i(w'_i)`` is handed to it instead, at learning rate
+    ``step_size``. Only parameters move; buffers (BatchNorm statistics) stay.
 
     Raises:
-        ValueError: no adapted generators, or epsilon outside (0, 1].
+        ValueError: no adapted generators, or step_size outside (0, 1].
     """
     if not adapted:
         raise ValueError("need at least one adapted generator")
-    if not 0 < epsilon <= 1:
-        raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     with torch.no_grad():
         params = list(generator.parameters())
         means = [torch.stack([p_i for p_i in ps]).mean(0)
                  for ps in zip(*(list(a.parameters()) for a in adapted))]
         if optimizer is None:
             for p, mean in zip(params, means):
-                p.add_(epsilon * (mean - p))
+                p.add_(step_size * (mean - p))
             return
         for group in optimizer.param_groups:
-            group["lr"] = epsilon
+            group["lr"] = step_size
         for p, mean in zip(params, means):
             p.grad = p - mean
     optimizer.step()
@@ -186,7 +154,7 @@ def meta_train(
     num_steps: int,
     *,
     meta_batch: int = 1,
-    epsilon: float = 0.3,
+    step_size: float = 0.3,
     outer: Literal["reptile", "adam"] = "reptile",
     anneal: bool = True,
     inner: InnerSettings = InnerSettings(),
@@ -198,28 +166,28 @@ def meta_train(
 
     Each meta-step takes the next ``meta_batch`` updates of the stream (each with the model
     of its round), adapts a copy of the generator to each (:func:`inner_round`) and moves
-    the meta-parameters towards their mean (:func:`reptile_step`). The step size is
-    ``epsilon``, annealed linearly to 0 over ``num_steps`` when ``anneal`` is set.
+    the meta-parameters towards their mean (:func:`reptile_step`), by ``step_size``
+    annealed linearly to 0 over ``num_steps`` when ``anneal`` is set.
 
     Args:
-        rounds: what the server received (:func:`fl_rounds`); never the images.
+        rounds: what the server received (:func:`~gi_tutorial.fl.fl_rounds`); never the images.
         generator: the starting generator (for GIML, :func:`~gi_tutorial.generators.untrained_generator`);
             not changed: a copy is trained.
         num_steps: meta-steps to take.
         meta_batch: tasks (updates) per meta-step.
-        epsilon: the outer step size (``"adam"``: Adam's learning rate).
+        step_size: the outer step size, Reptile's epsilon (``"adam"``: Adam's learning rate).
         outer: ``"reptile"`` (Nichol et al.) or ``"adam"`` (the GIML authors' code).
         inner: settings of each task's inversion.
         snapshot_at: meta-steps after which to keep a copy of the weights (0 = the start).
 
     Raises:
-        ValueError: zero steps, epsilon outside (0, 1], an unknown outer optimizer, a
+        ValueError: zero steps, step_size outside (0, 1], an unknown outer optimizer, a
             meta-batch larger than the stream, or an update that does not match its model.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    if not 0 < epsilon <= 1:
-        raise ValueError(f"epsilon must be in (0, 1], got {epsilon}")
+    if not 0 < step_size <= 1:
+        raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     if outer not in ("reptile", "adam"):
         raise ValueError(f"outer must be 'reptile' or 'adam', got {outer!r}")
     if meta_batch < 1:
@@ -230,7 +198,7 @@ def meta_train(
             raise ValueError(f"a meta-batch of {meta_batch} updates is larger than the stream's {available}")
     generator = copy.deepcopy(generator).eval()
     generator.trained_on = "gradients"  # what the meta-parameters are learned from: no image, ever
-    optimizer = torch.optim.Adam(generator.parameters(), lr=epsilon) if outer == "adam" else None
+    optimizer = torch.optim.Adam(generator.parameters(), lr=step_size) if outer == "adam" else None
     tasks = ((r.model, u) for r in rounds for u in r.updates)
     snapshots = {0: _state_copy(generator)} if 0 in snapshot_at else {}
     latent_distance: list[float] = []
@@ -246,17 +214,17 @@ def meta_train(
         adapted = []
         for k, (model, update) in enumerate(batch):
             update.check_matches(model)
-            theta_prime, run = inner_round(update, model, generator, inner, seed=seed + step * meta_batch + k)
-            adapted.append(theta_prime)
+            w_prime, run = inner_round(update, model, generator, inner, seed=seed + step * meta_batch + k)
+            adapted.append(w_prime)
             failed = run is None or run.weights.trials[run.weights.best].diverged
             latent_distance.append(math.inf if run is None else run.latent.grad_loss)
             adapted_distance.append(math.inf if failed else run.weights.grad_loss)
             diverged += failed
-        step_size = epsilon * (1 - step / num_steps) if anneal else epsilon
-        reptile_step(generator, adapted, step_size, optimizer)
+        annealed = step_size * (1 - step / num_steps) if anneal else step_size
+        reptile_step(generator, adapted, annealed, optimizer)
         if step + 1 in snapshot_at:
             snapshots[step + 1] = _state_copy(generator)
-    settings = dict(num_steps=num_steps, meta_batch=meta_batch, epsilon=epsilon, outer=outer, anneal=anneal,
+    settings = dict(num_steps=num_steps, meta_batch=meta_batch, step_size=step_size, outer=outer, anneal=anneal,
                     inner=asdict(inner), seed=seed)
     return GIMLResult(generator, snapshots, latent_distance, adapted_distance, diverged,
                       time.perf_counter() - start, settings)
@@ -266,68 +234,173 @@ def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def snapshot_path(step: int, folder: Path = CHECKPOINTS) -> Path:
-    """Where the shipped snapshot after ``step`` meta-steps lives."""
-    return Path(folder) / f"{SNAPSHOT_PREFIX}{step:04d}.pt"
+def snapshot_path(step: int, folder: Path = CHECKPOINTS, prefix: str = SNAPSHOT_PREFIX) -> Path:
+    """Where the shipped snapshot after ``step`` meta-steps lives (``prefix``: which run's series)."""
+    return Path(folder) / f"{prefix}{step:04d}.pt"
 
 
-def shipped_steps(folder: Path = CHECKPOINTS) -> list[int]:
-    """The meta-steps at which snapshots ship, in order (read from their records)."""
-    return sorted(int(p.stem[len(SNAPSHOT_PREFIX):]) for p in Path(folder).glob(f"{SNAPSHOT_PREFIX}*.json"))
+def shipped_steps(folder: Path = CHECKPOINTS, prefix: str = SNAPSHOT_PREFIX) -> list[int]:
+    """The meta-steps at which a run's snapshots ship, in order (read from their records)."""
+    return sorted(int(p.stem[len(prefix):]) for p in Path(folder).glob(f"{prefix}*.json")
+                  if p.stem[len(prefix):].isdigit())
 
 
-def load_snapshot(step: int | None = None, folder: Path = CHECKPOINTS) -> Generator:
+def _step_or_last(step: int | None, folder: Path, prefix: str) -> int:
+    steps = shipped_steps(folder, prefix)
+    if not steps:
+        raise FileNotFoundError(f"no GIML snapshots {prefix}NNNN in {folder}: train them with "
+                                "`python -m gi_tutorial.giml` (make giml)")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"no GIML snapshot {prefix}NNNN after {step} meta-steps in {folder}; shipped: {steps}")
+    return step
+
+
+def load_snapshot(step: int | None = None, folder: Path = CHECKPOINTS, prefix: str = SNAPSHOT_PREFIX) -> Generator:
     """The shipped GIML generator after ``step`` meta-steps (default: the last), hash-checked.
 
     Raises:
         FileNotFoundError: no snapshots, or none at ``step`` (the message lists those that exist).
     """
-    steps = shipped_steps(folder)
-    if not steps:
-        raise FileNotFoundError(f"no GIML snapshots in {folder}: train them with `python -m gi_tutorial.giml`")
-    if step is None:
-        step = steps[-1]
-    if step not in steps:
-        raise FileNotFoundError(f"no GIML snapshot after {step} meta-steps in {folder}; shipped: {steps}")
-    return load_generator(snapshot_path(step, folder))
+    return load_generator(snapshot_path(_step_or_last(step, folder, prefix), folder, prefix))
 
 
-def main(argv: list[str]) -> int:
+def snapshot_record(step: int | None = None, folder: Path = CHECKPOINTS, prefix: str = SNAPSHOT_PREFIX) -> dict:
+    """The provenance record of a shipped snapshot (command, data, settings, seconds, sha256).
+
+    Records written before Reptile's step size was renamed call it ``epsilon``; the returned
+    settings call it ``step_size`` either way.
+
+    Raises:
+        FileNotFoundError: as :func:`load_snapshot`.
+    """
+    step = _step_or_last(step, folder, prefix)
+    record = json.loads(snapshot_path(step, folder, prefix).with_suffix(".json").read_text())
+    settings = record.get("settings", {})
+    if "epsilon" in settings:
+        settings["step_size"] = settings.pop("epsilon")
+    return record
+
+
+PRIORS = ("untrained", "GIML", "GIML, batch-4 stream", "non-meta", "DCGAN")  # chapter 5's priors, in its order
+
+
+def priors(names: Sequence[str] = PRIORS, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
+    """Chapter 5's generative priors by name, each loaded hash-checked:
+
+    - ``"untrained"``: DCGAN's initialisation, where GIML starts (it draws flat grey);
+    - ``"GIML"``: the shipped GIML run (:data:`SNAPSHOT_PREFIX`), learned from gradients only;
+    - ``"GIML, batch-4 stream"``: the harder stream's run (:data:`HARDER_PREFIX`);
+    - ``"non-meta"``: GI-x on every update of GIML's stream, then a GAN on the reconstructions
+      (``benchmarks/giml_baseline.py``), with GIML's CPU seconds;
+    - ``"DCGAN"``: chapter 3's generator, trained on real train images.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    loaders = {"untrained": lambda: untrained_generator(0), "GIML": load_snapshot,
+               "GIML, batch-4 stream": lambda: load_snapshot(prefix=HARDER_PREFIX),
+               "non-meta": lambda: load_generator(NONMETA_CHECKPOINT), "DCGAN": load_generator}
+    unknown = [n for n in names if n not in loaders]
+    if unknown:
+        raise ValueError(f"unknown priors {unknown}; expected some of {', '.join(loaders)}")
+    return {name: loaders[name]().to(device) for name in names}
+
+
+def prior_battery(budget: attacks.Budget, names: Sequence[str] = PRIORS, *, gi_x: bool = True) -> list:
+    """Chapter 5's recipes: GI-x, then GIAS through each prior (its stage 1 recorded as GI-z), and the floors:
+    the label-only guess and a random sample of each prior (no gradient)."""
+    recipes: list = [attacks.gi_x(budget)] if gi_x else []
+    for name in names:
+        recipes.append(attacks.gias_attack(budget, name, name=f"GIAS ({name})", latent_name=f"GI-z ({name})"))
+    recipes += [attacks.Floor(f"sample ({name})", "prior sample", name) for name in names]
+    return recipes + [attacks.Floor("label only", "label only")]
+
+
+SCORES = {"identified": (0.05, "", "{:.0%}"), "psnr": (1.0, " dB", "{:.1f}")}  # metric: (margin, unit, format)
+
+
+def compare(tally: stats.Tally, a: str, b: str, **where) -> dict[str, tuple[stats.Paired, str]]:
+    """Method ``a`` against ``b`` on both scores, paired over the tally's other keys (seeds, images).
+
+    Identification counts as ahead by more than 5 points (at batch 8, one image is 12.5), PSNR by
+    more than 1 dB. Returns, per score, the paired comparison and its verdict sentence
+    (:func:`~gi_tutorial.stats.compare`).
+    """
+    out = {}
+    for metric, (margin, unit, fmt) in SCORES.items():
+        result = tally.paired(a, b, metric, margin=margin, **where)
+        out[metric] = (result, stats.compare(a, b, result, unit=unit, fmt=fmt))
+    return out
+
+
+def outcome(result: stats.Paired) -> Literal["ahead", "behind", "no clear winner"]:
+    """A paired comparison's verdict in one word: what :func:`~gi_tutorial.stats.compare` says in a sentence."""
+    return "ahead" if result.holds else "behind" if result.reversed else "no clear winner"
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Meta-learn the book's GIML generator from simulated FL updates.")
-    parser.add_argument("--steps", type=int, default=600, help="meta-steps (one update each)")
+    parser.add_argument("--steps", type=int, default=600, help="meta-steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the untrained generator, the clients and the tasks")
     parser.add_argument("--victim-seed", type=int, default=1, help="seed of the victim's initialisation")
-    parser.add_argument("--epsilon", type=float, default=0.3)
+    parser.add_argument("--step-size", type=float, default=0.3, help="Reptile's outer step size (annealed to 0)")
     parser.add_argument("--outer", choices=("reptile", "adam"), default="reptile")
-    parser.add_argument("--snapshots", default="0,25,50,100,200,400,600")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per client update")
+    parser.add_argument("--clients-per-round", type=int, default=1)
+    parser.add_argument("--meta-batch", type=int, default=1, help="updates per meta-step")
+    parser.add_argument("--labels", choices=("shared", "recovered"), default="shared",
+                        help="clients share their labels, or the server reads them off each update")
+    parser.add_argument("--frozen-victim", action="store_true", help="the server never steps: the victim stays as sent")
+    parser.add_argument("--snapshots", default="0,25,50,100,200,400,600", help="meta-steps to save ('' for none)")
+    parser.add_argument("--prefix", default=SNAPSHOT_PREFIX, help="file name of the snapshots, before the step")
     parser.add_argument("--out-dir", default=str(CHECKPOINTS))
+    parser.add_argument("--trace", default="", help="also write each task's gradient distances to this results file")
     args = parser.parse_args(argv)
     from . import config, data, models
+    from .storage import save_results
 
     config.set_threads()
     images, labels = data.fashion_mnist("train")
     victim = models.build_model("convnet_fc", in_channels=1, seed=args.victim_seed)
-    snapshot_at = sorted({int(s) for s in args.snapshots.split(",")} | {args.steps})
-    stream = fl_rounds(images, labels, victim, args.steps, seed=args.seed)
-    result = meta_train(stream, untrained_generator(args.seed), args.steps, epsilon=args.epsilon, outer=args.outer,
-                        snapshot_at=snapshot_at, seed=args.seed, progress=True)
-    command = (f"python -m gi_tutorial.giml --steps {args.steps} --seed {args.seed} --victim-seed {args.victim_seed} "
-               f"--epsilon {args.epsilon} --outer {args.outer} --snapshots {args.snapshots}")
+    wanted = {int(s) for s in args.snapshots.split(",") if s.strip()}
+    snapshot_at = sorted(wanted | {args.steps}) if wanted else []
+    rounds_needed = math.ceil(args.steps * args.meta_batch / args.clients_per_round)
+    stream = fl_rounds(images, labels, victim, rounds_needed, clients_per_round=args.clients_per_round,
+                       batch_size=args.batch_size, share_labels=args.labels == "shared",
+                       fedsgd_every=None if args.frozen_victim else 5, seed=args.seed)
+    result = meta_train(stream, untrained_generator(args.seed), args.steps, meta_batch=args.meta_batch,
+                        step_size=args.step_size, outer=args.outer, snapshot_at=snapshot_at, seed=args.seed,
+                        progress=True)
+    command = " ".join(["python -m gi_tutorial.giml", *(argv if argv is not None else sys.argv[1:])])
+    victim_text = ("frozen at its initialisation (the server never steps)" if args.frozen_victim else
+                   "trained by FedSGD as the rounds go (lr 0.05, every 5 rounds, on the updates received since the "
+                   "last step)")
+    data_text = (f"updates of FedSGD clients (batch {args.batch_size}, {args.clients_per_round} per round, labels "
+                 f"{'shared' if args.labels == 'shared' else 'not shared: read off each update'}) holding "
+                 f"Fashion-MNIST train images ({len(images)} images, zero-padded to 32x32), drawn with seed "
+                 f"{args.seed}; the victim: convnet_fc, seed {args.victim_seed}, {victim_text}")
+    per_task = args.meta_batch
     for step, state in result.snapshots.items():
         snapshot = untrained_generator(args.seed)
         snapshot.load_state_dict(state)
-        done = slice(0, step)
+        snapshot.trained_on = "gradients"
+        done = slice(0, step * per_task)
         record = save_checkpoint(
-            snapshot, snapshot_path(step, Path(args.out_dir)), half=True, method="GIML (Reptile), from gradients only",
-            data=(f"updates of FedSGD clients (batch 1, labels shared) holding Fashion-MNIST train images "
-                  f"({len(images)} images, zero-padded to 32x32), drawn with seed {args.seed}; the victim: "
-                  f"convnet_fc, seed {args.victim_seed}, trained by FedSGD as the rounds go (lr 0.05, every 5 rounds, "
-                  f"on the updates received since the last step)"),
-            meta_steps=step, start="untrained_generator(seed={})".format(args.seed), settings=result.settings,
+            snapshot, snapshot_path(step, Path(args.out_dir), args.prefix), half=True,
+            method="GIML (Reptile), from gradients only", data=data_text, meta_steps=step,
+            start=f"untrained_generator(seed={args.seed})", settings=result.settings,
             latent_distance_mean=_mean(result.latent_distance[done]),
             adapted_distance_mean=_mean(result.adapted_distance[done]),
             seconds_total=round(result.seconds, 1), torch=torch.__version__, command=command)
         print(json.dumps({k: record[k] for k in ("file", "sha256", "meta_steps")}))
+    if args.trace:
+        save_results(args.trace, {"latent_distance": _finite(result.latent_distance),
+                                  "adapted_distance": _finite(result.adapted_distance),
+                                  "tasks_per_step": per_task},
+                     command=command, data=data_text, settings=result.settings, seconds=round(result.seconds, 1),
+                     diverged=result.diverged, torch=torch.__version__)
     print(f"{args.steps} meta-steps in {result.seconds:.0f} s; diverged tasks: {result.diverged}")
     return 0
 
@@ -337,5 +410,10 @@ def _mean(values: list[float]) -> float | None:
     return round(sum(finite) / len(finite), 6) if finite else None
 
 
+def _finite(values: list[float]) -> list[float | None]:
+    """JSON has no infinity: a diverged task's distance is written as None."""
+    return [v if math.isfinite(v) else None for v in values]
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -244,3 +244,174 @@ def flow_diagram(steps: Sequence[str], loop_back: tuple[int, int] | None = None,
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def giml_diagram(size: tuple[float, float] = (10.0, 2.6)) -> plt.Figure:
+    """GIML's loop (chapter 5): each received update is inverted with the current generator ``G_w``, one shared
+    copy of its weights is adapted (``w -> w'``), and Reptile moves ``w`` towards ``w'``; then the next update."""
+    steps = ["client updates\n(FedSGD rounds)", "latent search:\n$z^\\star$ for $G_w$", "adapt one shared\ncopy: $w \\to w'$",
+             "Reptile step:\n$w \\leftarrow w + \\beta\\,(w' - w)$", "GIAS with $G_w$\non new updates"]
+    fig, ax = plt.subplots(figsize=size)
+    ax.set_xlim(0, len(steps))
+    ax.set_ylim(-1.0, 1.0)
+    ax.axis("off")
+    for i, text in enumerate(steps):
+        ax.text(i + 0.5, 0.3, text, ha="center", va="center", fontsize=9,
+                bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5"))
+        if i + 1 < len(steps):
+            ax.annotate("", xy=(i + 1.1, 0.3), xytext=(i + 0.9, 0.3), arrowprops=dict(arrowstyle="->", lw=1.5))
+    # the loop: down from the Reptile step, left under the boxes, up into the latent search; its label sits on it
+    red = "#a54a4a"
+    ax.plot([3.5, 3.5, 1.5], [-0.12, -0.6, -0.6], color=red, lw=1.2)
+    ax.annotate("", xy=(1.5, -0.12), xytext=(1.5, -0.6), arrowprops=dict(arrowstyle="->", lw=1.2, color=red))
+    ax.text(2.5, -0.68, "next received update (the victim may have trained)", ha="center", va="top", fontsize=8,
+            color=red)
+    ax.set_title("GIML: the server meta-learns the generator's weights $w$ from gradients only", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _mean_sd_lines(ax, xs: Sequence[float], series: dict[str, Sequence[Any]], floors: dict[str, Any] | None = None,
+                   fmt_percent: bool = False) -> None:
+    """Lines with error bars (one :class:`~gi_tutorial.stats.MeanSD` per x) and floors as dashed lines."""
+    for name, values in series.items():
+        ax.errorbar(list(xs), [v.mean for v in values], yerr=[0 if math.isnan(v.sd) else v.sd for v in values],
+                    marker="o", ms=4, capsize=3, label=name)
+    for k, (name, floor) in enumerate((floors or {}).items()):
+        ax.axhline(floor.mean, ls=(0, (4, 2 + k)), lw=1, color=f"C{7 + k % 3}", label=f"{name} (no gradient)")
+    if fmt_percent:
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+
+
+def mean_sd_panels(xs: Sequence[float], panels: dict[str, dict[str, Sequence[Any]]], xlabel: str,
+                   floors: dict[str, dict[str, Any]] | None = None, title: str | None = None,
+                   size: tuple[float, float] = (10.0, 3.4)) -> plt.Figure:
+    """Side-by-side panels of curves over ``xs``, each point a mean ± sd (``stats.MeanSD``), with floors drawn.
+
+    ``panels`` maps a panel's y label to its series; a label containing "identified" is drawn in percent.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=size, squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels.items()):
+        _mean_sd_lines(ax, xs, series, (floors or {}).get(ylabel), fmt_percent="identified" in ylabel)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def reptile_toy_figure(optima: torch.Tensor, kinds: torch.Tensor, paths: dict[str, torch.Tensor],
+                       steps: Sequence[int], losses: dict[str, Sequence[Any]], size: tuple[float, float] = (10.0, 3.8)
+                       ) -> plt.Figure:
+    """Chapter 5's Reptile toy: the task optima (by kind) with each method's path of the initialisation (left), and
+    the mean loss on new tasks after k adaptation steps from each initialisation, mean ± sd over seeds (right)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=size, gridspec_kw=dict(width_ratios=(1, 1.3)))
+    for kind, marker in ((0, "o"), (1, "s")):
+        chosen = optima[kinds == kind]
+        left.scatter(chosen[:, 0], chosen[:, 1], s=10, marker=marker, c="0.6",
+                     label=f"task optima, kind {'AB'[kind]}")
+    for k, (name, path) in enumerate(paths.items()):
+        left.plot(path[:, 0], path[:, 1], "-", lw=1.2, color=f"C{k}", label=name)
+        left.plot(path[-1, 0], path[-1, 1], "*", ms=12, color=f"C{k}")
+    left.set_aspect("equal")
+    left.set_xlabel("$w_1$")
+    left.set_ylabel("$w_2$")
+    left.legend(fontsize=7, loc="lower left")
+    left.set_title("where each method puts the initialisation", fontsize=9)
+    _mean_sd_lines(right, steps, losses)
+    right.set_yscale("log")
+    right.set_xlabel("adaptation steps on a new task")
+    right.set_ylabel("task loss (mean over new tasks)")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    right.set_title("how fast each initialisation adapts", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def prior_dotplot(tally, cases: Sequence[tuple[str, int]], priors: Sequence[str], reference: str = "GI-x",
+                  floor: str = "label only", size: tuple[float, float] | None = None) -> plt.Figure:
+    """Chapter 5's comparison of priors: per case (columns) and score (rows), GI-z, GIAS and a random sample of
+    each prior (rows of the panel), mean ± sd over seeds, with ``reference`` and the ``floor`` as vertical lines."""
+    scores = {"identified": "identified", "psnr": "PSNR (dB)"}
+    size = size or (3.3 * len(cases) + 1.5, 1.0 + 0.45 * len(priors) * len(scores))
+    fig, axes = plt.subplots(len(scores), len(cases), figsize=size, squeeze=False, sharey=True)
+    kinds = (("sample ({})", "x", "0.5", "random sample (no gradient)"), ("GI-z ({})", "o", "C0", "GI-z"),
+             ("GIAS ({})", "D", "C3", "GIAS"))
+    for c, (victim, batch) in enumerate(cases):
+        for r, (metric, label) in enumerate(scores.items()):
+            ax = axes[r][c]
+            for k, (pattern, marker, color, name) in enumerate(kinds):
+                for i, prior in enumerate(priors):
+                    s = tally.summary(metric, victim=victim, batch=batch, method=pattern.format(prior))
+                    ax.errorbar(s.mean, i + 0.22 * (k - 1), xerr=0 if math.isnan(s.sd) else s.sd, fmt=marker,
+                                color=color, ms=5, capsize=2, label=name if i == 0 else None)
+            for method, style, color in ((reference, "-", "C2"), (floor, "--", "0.3")):
+                s = tally.summary(metric, victim=victim, batch=batch, method=method)
+                ax.axvline(s.mean, ls=style, lw=1, color=color,
+                           label=f"{method}{' (no gradient)' if method == floor else ''}")
+            ax.set_yticks(range(len(priors)), priors)
+            ax.invert_yaxis()
+            ax.set_xlabel(label)
+            ax.grid(axis="x", alpha=0.3)
+            if metric == "identified":
+                ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+            if r == 0:
+                n = len(tally.values(metric, victim=victim, batch=batch, method=reference))
+                ax.set_title(f"victim {victim}, batch {batch} (n = {n})", fontsize=9)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
+
+
+def latent_distance_curves(traces: dict[str, Sequence[float | None]], tasks_per_step: int = 1, window: int = 20,
+                           size: tuple[float, float] = (6.5, 3.2)) -> plt.Figure:
+    """Each task's latent-search gradient distance against the meta-step it was met at (faint), and a running
+    mean over ``window`` tasks, one colour per run (e.g. the victim frozen or training)."""
+    fig, ax = plt.subplots(figsize=size)
+    for k, (name, values) in enumerate(traces.items()):
+        steps = [i / tasks_per_step for i, v in enumerate(values) if v is not None]
+        finite = [v for v in values if v is not None]
+        ax.plot(steps, finite, ".", ms=2, alpha=0.25, color=f"C{k}")
+        running = [sum(finite[max(0, i - window + 1):i + 1]) / len(finite[max(0, i - window + 1):i + 1])
+                   for i in range(len(finite))]
+        ax.plot(steps, running, "-", lw=1.8, color=f"C{k}", label=f"{name} (running mean of {window} tasks)")
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("latent-search distance (1 - cosine)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def tally_pivot(tally, methods: Sequence[str], columns: Sequence[dict[str, Any]], metrics: dict[str, str],
+                row_header: str = "method"):
+    """A Markdown table with one row per method and one column per setting (``columns``: dicts of tally keys, e.g.
+    ``{"victim": "S", "batch": 8}``); each cell lists the metrics as mean ± sd (ddof = 1) over the matching runs,
+    joined by " · " (``metrics`` maps a metric to its format, ``"{:.1f} dB"`` or ``"{:.0%}"``). The n of each
+    column is given in its header."""
+    from .stats import mean_sd
+
+    def cell(method: str, where: dict[str, Any]) -> str:
+        parts = []
+        for metric, fmt in metrics.items():
+            values = tally.values(metric, method=method, **where)
+            if values:
+                s = mean_sd(values)
+                spread = "" if math.isnan(s.sd) else " ± " + fmt.format(s.sd).split(" ")[0]
+                parts.append(fmt.format(s.mean).split(" ")[0] + spread + (" " + fmt.split(" ", 1)[1] if " " in fmt else ""))
+        return " · ".join(parts) if parts else "–"
+
+    headers = {"method": row_header}
+    rows = []
+    for k, where in enumerate(columns):
+        n = len(tally.values(next(iter(metrics)), method=methods[0], **where))
+        headers[f"c{k}"] = ", ".join(f"{key} {value}" for key, value in where.items()) + f" (n = {n})"
+    for method in methods:
+        rows.append({"method": method, **{f"c{k}": cell(method, where) for k, where in enumerate(columns)}})
+    return markdown_table(rows, headers)
