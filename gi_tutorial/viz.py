@@ -415,3 +415,57 @@ def tally_pivot(tally, methods: Sequence[str], columns: Sequence[dict[str, Any]]
     for method in methods:
         rows.append({"method": method, **{f"c{k}": cell(method, where) for k, where in enumerate(columns)}})
     return markdown_table(rows, headers)
+
+
+def label_scores_figure(scores: torch.Tensor, class_names: Sequence[str], linthresh: float = 0.01,
+                        size: tuple[float, float] = (7.5, 3.0)) -> plt.Figure:
+    """Chapter 1: a last layer's bias gradient, one bar per class, each with its value.
+
+    The label's entry is close to -1 and the others are small and positive, so the y axis is
+    symmetric-logarithmic (linear within ``linthresh`` of 0): the positive bars stay visible.
+    """
+    values = [float(v) for v in scores.detach().cpu()]
+    fig, ax = plt.subplots(figsize=size)
+    bars = ax.bar(list(class_names), values, color=["tab:red" if v < 0 else "tab:blue" for v in values])
+    ax.set_yscale("symlog", linthresh=linthresh)
+    ax.axhline(0, color="black", linewidth=0.8)
+    for bar, v in zip(bars, values):
+        ax.annotate(f"{v:+.3f}", (bar.get_x() + bar.get_width() / 2, v), xytext=(0, 3 if v >= 0 else -11),
+                    textcoords="offset points", ha="center", fontsize=8)
+    top = max(values)
+    ax.set_ylim(min(values) * 2.5, top * 4 if top > 0 else 1)
+    ax.set_ylabel("bias gradient dL/db\n(symmetric log scale)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    return fig
+
+
+def restarts_strip(images: torch.Tensor, grad_losses: Sequence[float], kept: int, truth: torch.Tensor | None = None,
+                   size: float = 1.9) -> plt.Figure:
+    """The restarts of one search side by side (``images``: one image per restart), each titled with its final
+    gradient distance; the restart the attacker keeps (the lowest distance) is framed and labelled "kept"."""
+    panels = [(images[k], f"restart {k + 1}\nd = {d:.3g}" + ("\n(kept)" if k == kept else "")) for k, d in
+              enumerate(grad_losses)]
+    if truth is not None:
+        panels.append((truth, "truth\n(unseen by\nthe attacker)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.9), squeeze=False)
+    for k, (ax, (image, title)) in enumerate(zip(axes[0], panels)):
+        _draw(ax, image)
+        ax.set_title(title, fontsize=10, fontweight="bold" if k == kept else "normal")
+        if k == kept:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("tab:green")
+                spine.set_linewidth(4)
+    fig.tight_layout()
+    return fig
+
+
+def signals_figure(signals: dict[str, Any], size: tuple[float, float] = (10.0, 2.6)) -> plt.Figure:
+    """1-D signals side by side as stem plots on one y scale (chapter 2's compressed-sensing toy)."""
+    fig, axes = plt.subplots(1, len(signals), figsize=size, sharey=True, squeeze=False)
+    for ax, (title, signal) in zip(axes[0], signals.items()):
+        ax.stem(list(signal), markerfmt=".", basefmt=" ")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("entry")
+    fig.tight_layout()
+    return fig
