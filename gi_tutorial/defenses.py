@@ -1,23 +1,38 @@
-"""Defenses: what a client can do to its update before it leaves, and what that buys in privacy.
+"""Defenses: what a client (or a trusted server) does to updates, and what that buys in privacy.
 
-Each defense maps a :class:`~gi_tutorial.fl.SharedUpdate` to a new one (the input is
-never changed), draws its randomness from an explicit ``torch.Generator``, and appends a
-:class:`DefenseRecord` to ``update.defense``: the protocol is public, so an attacker knows
-the clip bound, the noise and the pruning masks, and can adapt to them.
+Each client-side defense maps a :class:`~gi_tutorial.fl.SharedUpdate` to a new one (the
+input is never changed), draws its randomness from an explicit ``torch.Generator``, and
+appends a :class:`~gi_tutorial.fl.DefenseRecord` to ``update.defense``: the protocol is
+public, so an attacker knows the clip bound, the noise and the pruning masks, and can adapt
+to them.
 
-- :func:`add_noise`: Gaussian noise on the shared gradient, absolute or relative to its norm.
-- :func:`clip`, :func:`dp_fedavg`: client-level differential privacy (McMahan et al., 2018,
-  "Learning Differentially Private Recurrent Language Models"): clip the whole update to
-  L2 norm ``S``, add ``N(0, (zS)^2)`` to every entry.
+The differential-privacy mechanisms are named by **who adds the noise**, because that
+decides whom they protect against (the server of this book sees every update it receives):
+
+- :func:`local_gaussian`: the client clips its update to L2 norm ``S`` and adds
+  ``N(0, (zS)^2)`` itself; the server only ever sees the noised update. Against the server
+  its guarantee is per update, unamplified, replace-one (sensitivity ``2S``):
+  :func:`local_epsilon`.
+- :func:`dp_fedavg`: central DP-FedAvg (McMahan et al., 2018, "Learning Differentially
+  Private Recurrent Language Models"): clients clip, a trusted server sums the clipped
+  updates and adds ``N(0, (zS)^2)`` **once** to the sum. The server held every clipped
+  update before its own noise, so this protects the released model, not the client from
+  the server; its client-level guarantee (add/remove, Poisson sampling, amplified) is
+  :func:`central_epsilon`. :func:`dp_fedavg_stacked` is the same aggregate for updates
+  computed together (the training code of :mod:`gi_tutorial.private_training`).
 - :func:`dp_sgd_update`: example-level DP-SGD (Abadi et al., 2016) as Opacus (Yousefpour
-  et al., 2021) computes it: per-example gradients, each clipped to ``C``, summed, plus
-  ``N(0, (zC)^2)``, divided by the batch size. It needs the images, so it is a client
-  update, like :func:`~gi_tutorial.fl.client_update`.
-- :func:`prune`: keep the largest fraction of each gradient tensor by magnitude (Zhu et al.,
-  2019; Huang et al., 2021); :func:`adaptive_model` is the attacker who matches only the
-  kept entries (the GIAS code's ``sim_cmpr``).
-- :func:`epsilon`, :func:`noise_multiplier_for`: privacy accounting with Opacus's RDP
-  (Mironov, 2017) and PRV (Gopi et al., 2021) accountants for an FL schedule.
+  et al., 2021) computes it, on the client: per-example gradients, each clipped to ``C``,
+  summed, plus ``N(0, (zC)^2)``, divided by the batch size; its example-level guarantee for
+  a stated local-training schedule (:class:`SGDSchedule`) is :func:`dp_sgd_epsilon`.
+
+Besides: :func:`add_noise` and :func:`clip` (the two halves, with no formal promise alone),
+:func:`prune` with :func:`adaptive_model` (the attacker who matches only the kept entries),
+and the accounting: :func:`epsilon` and :func:`noise_multiplier_for` run Opacus's RDP
+(Mironov, 2017; Mironov, Talwar and Zhang, 2019) or PRV (Gopi et al., 2021) accountant and
+always state their adjacency (``"add_remove"`` or ``"replace_one"``) and their Poisson
+sampling rate (:class:`FLSchedule` and :class:`SGDSchedule` state a schedule once);
+:func:`poisson_sample` is the sampling those accountants assume, used by the training code;
+:func:`describe_epsilon` prints an epsilon honestly.
 """
 from __future__ import annotations
 
@@ -25,25 +40,19 @@ import contextlib
 import copy
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .fl import SharedUpdate, check_batch, checked_logits, trainable_parameters
+from .fl import DefenseRecord, SharedUpdate, check_batch, checked_logits, trainable_parameters
 
 Accountant = Literal["rdp", "prv"]
-
-
-@dataclass(frozen=True)
-class DefenseRecord:
-    """What one defense did to an update: its name, its settings, and (pruning) the kept entries."""
-
-    name: str
-    settings: dict[str, Any] = field(default_factory=dict)
-    masks: tuple[torch.Tensor, ...] | None = None  # per gradient tensor, True where the entry was kept
+Adjacency = Literal["add_remove", "replace_one"]
+ADJACENCIES = ("add_remove", "replace_one")
+VACUOUS_EPSILON = 10.0  # above this, describe_epsilon calls a guarantee vacuous (e^10 ≈ 22,000)
 
 
 def _with(update: SharedUpdate, gradients: tuple[torch.Tensor, ...], record: DefenseRecord) -> SharedUpdate:
@@ -60,7 +69,7 @@ def global_norm(gradients) -> torch.Tensor:
 
 
 def _check_non_negative(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
@@ -100,12 +109,19 @@ def clip(update: SharedUpdate, max_norm: float) -> SharedUpdate:
                  DefenseRecord("clip", {"max_norm": float(max_norm), "norm_before": norm, "factor": factor}))
 
 
-def dp_fedavg(update: SharedUpdate, clip_norm: float, noise_multiplier: float, generator: torch.Generator) -> SharedUpdate:
-    r"""Client-level DP (DP-FedAvg, McMahan et al., 2018): clip to ``S``, add :math:`\mathcal N(0, (zS)^2)`.
+def local_gaussian(update: SharedUpdate, clip_norm: float, noise_multiplier: float,
+                   generator: torch.Generator) -> SharedUpdate:
+    r"""Local noise: the client clips its update to ``S`` and adds :math:`\mathcal N(0, (zS)^2)` to every entry itself.
 
-    Clipping bounds what one client can change (its sensitivity is ``S``); the noise, ``z``
-    times that bound, hides it. Here the client adds the noise itself, so the server never
-    sees an unnoised update; :func:`epsilon` gives the guarantee for a schedule.
+    .. math:: \tilde g = g \min\big(1, S/\lVert g\rVert\big) + \mathcal N\big(0, (zS)^2 I\big)
+
+    The server only ever sees ``\tilde g``. Two datasets of this client can give clipped
+    updates up to ``2S`` apart (one replaced by another: replace-one adjacency), and the
+    server knows that the client took part, so one update is an unamplified Gaussian
+    mechanism with sensitivity ``2S``: its epsilon against the server is
+    :func:`local_epsilon`. Averaging ``m`` such updates leaves noise of standard deviation
+    ``zS / sqrt(m)`` on the average (each client's noise is independent), against
+    ``zS / m`` for central :func:`dp_fedavg`.
 
     Raises:
         ValueError: negative clip bound or noise multiplier.
@@ -113,10 +129,111 @@ def dp_fedavg(update: SharedUpdate, clip_norm: float, noise_multiplier: float, g
     _check_non_negative("noise multiplier", noise_multiplier)
     clipped = clip(update, clip_norm)
     noised = add_noise(clipped, noise_multiplier * clip_norm, generator)
-    record = DefenseRecord("dp_fedavg", {"clip": float(clip_norm), "noise_multiplier": float(noise_multiplier),
-                                         "sigma": float(noise_multiplier * clip_norm),
-                                         "factor": clipped.defense[-1].settings["factor"]})
+    record = DefenseRecord("local_gaussian", {"clip": float(clip_norm), "noise_multiplier": float(noise_multiplier),
+                                              "sigma": float(noise_multiplier * clip_norm),
+                                              "factor": clipped.defense[-1].settings["factor"]})
     return noised.replace(defense=tuple(update.defense) + (record,))
+
+
+@dataclass(frozen=True)
+class CentralRound:
+    """One round of central DP-FedAvg, as the trusted server runs it (returned by :func:`dp_fedavg`).
+
+    Attributes:
+        received: each client's update clipped to ``S``, exactly as the server held it
+            before adding any noise (what a curious server can invert).
+        aggregate: what the server releases: the sum of ``received`` plus one draw of
+            ``N(0, (zS)^2)`` per entry, divided by ``expected_clients``; its record says so.
+        noise_std: the noise's standard deviation per entry of ``aggregate``:
+            ``z S / expected_clients``.
+    """
+
+    received: tuple[SharedUpdate, ...]
+    aggregate: SharedUpdate
+    noise_std: float
+
+
+def _check_same_shapes(updates: Sequence[SharedUpdate]) -> None:
+    reference = [g.shape for g in updates[0].gradients]
+    for k, u in enumerate(updates):
+        shapes = [g.shape for g in u.gradients]
+        if shapes != reference:
+            raise ValueError(f"update {k} has gradient shapes {[tuple(s) for s in shapes]}, but update 0 has "
+                             f"{[tuple(s) for s in reference]}: the clients used different models")
+        if not all(torch.isfinite(g).all() for g in u.gradients):
+            raise ValueError(f"update {k} holds NaN or inf values: no sum can use it")
+
+
+def dp_fedavg(updates: Sequence[SharedUpdate], clip_norm: float, noise_multiplier: float,
+              generator: torch.Generator, *, expected_clients: float | None = None) -> CentralRound:
+    r"""Central DP-FedAvg (McMahan et al., 2018): clip every update to ``S``, sum, add noise once, divide.
+
+    .. math:: \bar g = \frac{1}{\hat m}\Big(\sum_{k} g_k \min\big(1, S/\lVert g_k\rVert\big) + \mathcal N\big(0, (zS)^2 I\big)\Big)
+
+    Clipping bounds what one client can change in the sum (sensitivity ``S`` when a client
+    is added or removed); one draw of noise, ``z`` times that bound, hides it. The noise on
+    the average therefore has standard deviation ``zS / m̂``: it falls as ``1/m``, not as
+    ``1/sqrt(m)`` as with :func:`local_gaussian` on every client. The server does the
+    noising, so it holds each clipped update first: ``CentralRound.received`` is what a
+    curious server can invert. The guarantee covers the released aggregate (and the
+    models built from it): :func:`central_epsilon`, amplified by Poisson sampling of the
+    clients.
+
+    Args:
+        updates: the updates of the clients sampled this round (at least one).
+        clip_norm: ``S``.
+        noise_multiplier: ``z``.
+        generator: the server's source of noise.
+        expected_clients: ``m̂``, the denominator. Under Poisson sampling with rate ``q`` from
+            ``N`` clients pass ``q * N`` (McMahan et al.'s fixed-denominator estimate): dividing
+            by the number actually sampled would reveal it, and the accountant's sensitivity
+            ``S / m̂`` assumes a fixed ``m̂``. Default: ``len(updates)`` (a fixed set of clients).
+
+    Returns:
+        the clipped updates the server received and the noised average it releases.
+
+    Raises:
+        ValueError: no updates, updates of different shapes or with NaN, a negative clip
+            bound or noise multiplier, or ``expected_clients`` not positive.
+    """
+    if isinstance(updates, SharedUpdate):
+        raise ValueError("dp_fedavg takes a sequence of the round's updates (the server noises their sum); "
+                         "for noise that one client adds to its own update, use local_gaussian")
+    if not updates:
+        raise ValueError("dp_fedavg needs at least one client update")
+    _check_non_negative("clip bound", clip_norm)
+    _check_non_negative("noise multiplier", noise_multiplier)
+    expected = float(len(updates) if expected_clients is None else expected_clients)
+    if not (math.isfinite(expected) and expected > 0):
+        raise ValueError(f"expected_clients must be a positive number, got {expected_clients!r}")
+    _check_same_shapes(updates)
+    received = tuple(clip(u, clip_norm) for u in updates)
+    stacked = tuple(torch.stack(parts) for parts in zip(*(u.gradients for u in updates)))  # (m, *shape) each
+    aggregate = dp_fedavg_stacked(stacked, clip_norm, noise_multiplier, generator, expected)
+    sigma = noise_multiplier * clip_norm
+    sizes = [u.batch_size for u in updates]
+    record = DefenseRecord("dp_fedavg", {"clip": float(clip_norm), "noise_multiplier": float(noise_multiplier),
+                                         "sigma": float(sigma), "clients": len(updates),
+                                         "expected_clients": expected})
+    released = SharedUpdate(gradients=aggregate, batch_size=None if None in sizes else sum(sizes), defense=(record,))
+    return CentralRound(received=received, aggregate=released, noise_std=sigma / expected)
+
+
+def dp_fedavg_stacked(per_client: Sequence[torch.Tensor], clip_norm: float, noise_multiplier: float,
+                      generator: torch.Generator, expected_clients: float) -> tuple[torch.Tensor, ...]:
+    """:func:`dp_fedavg`'s aggregate, for client updates stacked on dim 0 (training code; no records).
+
+    ``per_client`` holds one tensor per parameter, ``(m, *shape)``, row ``k`` client ``k``'s
+    update. Each client's update (all its tensors together) is scaled to L2 norm at most
+    ``clip_norm``; the scaled updates are summed; one draw of ``N(0, (zS)^2)`` per entry is
+    added, tensor by tensor from ``generator``; the sum is divided by ``expected_clients``.
+    With ``m = 0`` (an empty Poisson draw) the server releases noise alone.
+    """
+    norms = torch.sqrt(sum(g.flatten(1).double().pow(2).sum(1) for g in per_client))  # (m,), as global_norm
+    factors = torch.where(norms > 0, (clip_norm / norms).clamp(max=1.0), torch.ones_like(norms)).float()
+    summed = [torch.einsum("k,k...->...", factors.to(g.device, g.dtype), g) for g in per_client]
+    sigma = noise_multiplier * clip_norm
+    return tuple((s + _noise_like(s, sigma, generator)) / expected_clients for s in summed)  # one draw, on the sum
 
 
 def prune(update: SharedUpdate, ratio: float) -> SharedUpdate:
@@ -267,43 +384,54 @@ def dp_sgd_update(
                         labels=labels.detach().clone() if share_labels else None, defense=(record,))
 
 
-@dataclass(frozen=True)
-class FLSchedule:
-    """A federated training schedule, for accounting: ``rounds`` rounds, each sampling clients with probability ``q``.
-
-    Attributes:
-        num_clients: ``N``, the population.
-        clients_per_round: the expected number sampled per round (Poisson sampling with
-            ``q = clients_per_round / num_clients``).
-        rounds: ``T``.
-        delta: the target ``delta`` of ``(epsilon, delta)``-DP, well below ``1 / N``.
-    """
-
-    num_clients: int
-    clients_per_round: float
-    rounds: int
-    delta: float
-
-    def __post_init__(self) -> None:
-        if self.num_clients < 1 or self.rounds < 1:
-            raise ValueError(f"need at least one client and one round, got {self.num_clients} and {self.rounds}")
-        _check_sample_rate(self.sample_rate)
-        _check_delta(self.delta)
-
-    @property
-    def sample_rate(self) -> float:
-        """``q``, the probability that a client takes part in a round."""
-        return self.clients_per_round / self.num_clients
-
+# --- accounting -------------------------------------------------------------------------
 
 def _check_sample_rate(q: float) -> None:
-    if not 0 < q <= 1:
+    if isinstance(q, bool) or not (isinstance(q, (int, float)) and 0 < q <= 1):
         raise ValueError(f"the sampling rate q must lie in (0, 1], got {q!r}")
 
 
 def _check_delta(delta: float) -> None:
-    if not 0 < delta < 1:
+    if isinstance(delta, bool) or not (isinstance(delta, (int, float)) and 0 < delta < 1):
         raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def _check_adjacency(adjacency: str, sample_rate: float) -> None:
+    if adjacency not in ADJACENCIES:
+        raise ValueError(f"adjacency must be 'add_remove' or 'replace_one', got {adjacency!r}")
+    if adjacency == "replace_one" and sample_rate != 1:
+        raise ValueError(
+            f"replace-one adjacency is accounted here only without sampling (sample_rate = 1), got {sample_rate!r}: "
+            "Opacus's accountants analyse Poisson sampling under add/remove adjacency. Use adjacency='add_remove' "
+            "for a sampled mechanism, or sample_rate=1 for an update the observer knows was sent")
+
+
+def poisson_sample(population: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Poisson sampling, as the accountants assume it: each of ``population`` members joins independently with probability ``q``.
+
+    The number sampled is Binomial(``population``, ``q``), not fixed, and may be zero. A
+    simulation that draws a fixed number per round (``randperm(N)[:m]``) runs a different
+    mechanism from the one :func:`epsilon` accounts for.
+
+    Returns:
+        the sampled members' indices, ascending, as an int64 tensor.
+
+    Raises:
+        ValueError: ``population`` < 1 or ``sample_rate`` outside (0, 1].
+
+    >>> poisson_sample(5, 1.0, torch.Generator()).tolist()
+    [0, 1, 2, 3, 4]
+    """
+    if isinstance(population, bool) or not isinstance(population, int) or population < 1:
+        raise ValueError(f"population must be a positive integer, got {population!r}")
+    _check_sample_rate(sample_rate)
+    draws = torch.rand(population, generator=generator, device=generator.device)
+    return torch.nonzero(draws < sample_rate).flatten().cpu()
 
 
 @contextlib.contextmanager
@@ -325,53 +453,199 @@ def _accountant(name: Accountant):
     raise ValueError(f"accountant must be 'rdp' or 'prv', got {name!r}")
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
-            accountant: Accountant = "rdp") -> float:
-    """The ``epsilon`` of ``steps`` subsampled Gaussian mechanisms, from an Opacus accountant.
+def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, *,
+            adjacency: Adjacency, accountant: Accountant = "rdp") -> float:
+    r"""The ``epsilon`` of ``steps`` Poisson-subsampled Gaussian mechanisms, from an Opacus accountant.
 
-    ``noise_multiplier`` is the noise's standard deviation over the sensitivity (the clip
-    bound); ``sample_rate`` is the Poisson sampling probability. Zero noise gives ``inf``.
-    The PRV accountant discretises the privacy-loss distribution and cannot do so for small
-    noise (below about 0.3 it would need terabytes): use RDP there.
+    ``noise_multiplier`` ``z`` is the noise's standard deviation over the clip bound ``S``;
+    ``sample_rate`` ``q`` is the Poisson sampling probability (1: no sampling, no
+    amplification); ``adjacency`` says which neighbouring inputs the guarantee compares:
+
+    - ``"add_remove"``: one unit (a client, an example) is added or removed. The sum of
+      clipped contributions moves by at most ``S``: sensitivity ``S``. This is what Opacus's
+      accountants analyse, with amplification by Poisson sampling.
+    - ``"replace_one"``: one unit is replaced by another. Two clipped contributions can be
+      ``2S`` apart: sensitivity ``2S``, i.e. the add/remove accountant at noise multiplier
+      ``z / 2``. Only without sampling (``q = 1``): an observer who knows that the unit took
+      part (the server that received its update) gets no amplification anyway.
+
+    Zero noise gives ``inf``. The PRV accountant discretises the privacy-loss distribution
+    and cannot do so for small noise (below about 0.3 it would need terabytes): use RDP there.
+
+    >>> round(epsilon(1.0, 1.0, 1, 1e-5, adjacency="add_remove"), 2), round(epsilon(1.0, 1.0, 1, 1e-5, adjacency="replace_one"), 1)
+    (4.73, 10.7)
+    >>> round(epsilon(1.0, 0.01, 40, 1e-5, adjacency="add_remove"), 2)
+    1.12
 
     Raises:
         ValueError: negative noise, ``sample_rate`` outside (0, 1], ``delta`` outside
-            (0, 1), fewer than one step, an unknown accountant, or PRV at too small a noise.
+            (0, 1), fewer than one step, an unknown adjacency or accountant, replace-one
+            with sampling, or PRV at too small a noise.
     """
     _check_non_negative("noise multiplier", noise_multiplier)
     _check_sample_rate(sample_rate)
     _check_delta(delta)
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps!r}")
+    _check_steps(steps)
+    _check_adjacency(adjacency, sample_rate)
     acc = _accountant(accountant)
     if noise_multiplier == 0:
         return math.inf
-    acc.history = [(float(noise_multiplier), float(sample_rate), int(steps))]
+    z = noise_multiplier / 2 if adjacency == "replace_one" else noise_multiplier
+    acc.history = [(float(z), float(sample_rate), int(steps))]
     try:
         with _quiet_accountant():
             return float(acc.get_epsilon(delta=delta))
     except MemoryError as error:
-        raise ValueError(f"the PRV accountant cannot discretise noise multiplier {noise_multiplier}: "
-                         "use accountant='rdp'") from error
+        raise ValueError(f"the PRV accountant cannot discretise noise multiplier {z}: use accountant='rdp'") from error
 
 
-def schedule_epsilon(noise_multiplier: float, schedule: FLSchedule, accountant: Accountant = "rdp") -> float:
-    """The client-level ``epsilon`` of DP-FedAvg with this noise multiplier over ``schedule``."""
-    return epsilon(noise_multiplier, schedule.sample_rate, schedule.rounds, schedule.delta, accountant)
+def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, delta: float, *,
+                         adjacency: Adjacency, accountant: Accountant = "rdp") -> float:
+    """The smallest noise multiplier whose :func:`epsilon` is at most ``target_epsilon`` (Opacus's search, to 0.01 in epsilon).
 
-
-def noise_multiplier_for(target_epsilon: float, schedule: FLSchedule, accountant: Accountant = "rdp") -> float:
-    """The smallest noise multiplier whose ``epsilon`` over ``schedule`` is at most ``target_epsilon`` (Opacus's search).
+    The arguments mean what they mean for :func:`epsilon`; for ``"replace_one"`` the answer
+    is twice the add/remove one (sensitivity ``2S``).
 
     Raises:
-        ValueError: ``target_epsilon`` not positive, or an unknown accountant.
+        ValueError: ``target_epsilon`` not positive, or any input :func:`epsilon` rejects.
     """
     from opacus.accountants.utils import get_noise_multiplier
 
-    if not target_epsilon > 0:
+    if isinstance(target_epsilon, bool) or not (isinstance(target_epsilon, (int, float)) and target_epsilon > 0):
         raise ValueError(f"target epsilon must be positive, got {target_epsilon!r}")
+    _check_sample_rate(sample_rate)
+    _check_delta(delta)
+    _check_steps(steps)
+    _check_adjacency(adjacency, sample_rate)
     _accountant(accountant)
     with _quiet_accountant():
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=schedule.delta,
-                                          sample_rate=schedule.sample_rate, steps=schedule.rounds,
-                                          accountant=accountant))
+        z = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                       steps=steps, accountant=accountant))
+    return 2 * z if adjacency == "replace_one" else z
+
+
+@dataclass(frozen=True)
+class FLSchedule:
+    """A federated training schedule, for client-level accounting: ``rounds`` rounds of Poisson-sampled clients.
+
+    Attributes:
+        num_clients: ``N``, the population.
+        clients_per_round: ``m``, the expected number sampled per round (Poisson sampling
+            with ``q = m / N``: see :func:`poisson_sample`).
+        rounds: ``T``.
+        delta: the target ``delta`` of ``(epsilon, delta)``-DP, well below ``1 / N`` (see
+            :func:`describe_epsilon`).
+    """
+
+    num_clients: int
+    clients_per_round: float
+    rounds: int
+    delta: float
+
+    def __post_init__(self) -> None:
+        if self.num_clients < 1 or self.rounds < 1:
+            raise ValueError(f"need at least one client and one round, got {self.num_clients} and {self.rounds}")
+        _check_sample_rate(self.sample_rate)
+        _check_delta(self.delta)
+
+    @property
+    def sample_rate(self) -> float:
+        """``q``, the probability that a client takes part in a round."""
+        return self.clients_per_round / self.num_clients
+
+
+@dataclass(frozen=True)
+class SGDSchedule:
+    """DP-SGD on one data holder's examples, for example-level accounting.
+
+    Attributes:
+        num_examples: ``n``, the examples the batches are Poisson-sampled from (a client's
+            local data in FL; the whole training set in central training).
+        batch_size: the expected batch size ``B`` (sampling rate ``q = B / n``; ``B = n``: every
+            example in every step, no amplification).
+        steps: the number of noised steps in all, e.g. local steps per round times the rounds
+            the client joins.
+        delta: the target ``delta``, well below ``1 / n``.
+    """
+
+    num_examples: int
+    batch_size: float
+    steps: int
+    delta: float
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 1:
+            raise ValueError(f"need at least one example, got {self.num_examples}")
+        _check_steps(self.steps)
+        _check_sample_rate(self.sample_rate)
+        _check_delta(self.delta)
+
+    @property
+    def sample_rate(self) -> float:
+        """``q = B / n``, the probability that an example is in a step's batch."""
+        return self.batch_size / self.num_examples
+
+    @property
+    def epochs(self) -> float:
+        """Passes over the data: ``steps * q``."""
+        return self.steps * self.sample_rate
+
+
+def local_epsilon(noise_multiplier: float, rounds: int, delta: float, *, accountant: Accountant = "rdp") -> float:
+    """The epsilon of :func:`local_gaussian` against the server that receives the updates.
+
+    Per update, **unamplified** (the server knows who sent what, so sampling hides nothing
+    from it), **replace-one** (sensitivity ``2S``), composed over the ``rounds`` in which this
+    client sends an update. It is the guarantee that binds the curious server of this book.
+
+    >>> round(local_epsilon(1.0, 1, 1e-5), 1), round(local_epsilon(0.1, 1, 1e-5))
+    (10.7, 295)
+    """
+    return epsilon(noise_multiplier, 1.0, rounds, delta, adjacency="replace_one", accountant=accountant)
+
+
+def central_epsilon(noise_multiplier: float, schedule: FLSchedule, *, accountant: Accountant = "rdp") -> float:
+    """The client-level epsilon of central :func:`dp_fedavg` over ``schedule``, for whoever sees only the released models.
+
+    **Add/remove** adjacency (one client's whole data in or out), **Poisson sampling** of
+    clients with rate ``schedule.sample_rate``, **amplified**, composed over
+    ``schedule.rounds``. It does not bind the server that adds the noise: that server held
+    each clipped update before noising it.
+    """
+    return epsilon(noise_multiplier, schedule.sample_rate, schedule.rounds, schedule.delta,
+                   adjacency="add_remove", accountant=accountant)
+
+
+def dp_sgd_epsilon(noise_multiplier: float, schedule: SGDSchedule, *, accountant: Accountant = "rdp") -> float:
+    """The example-level epsilon of DP-SGD (:func:`dp_sgd_update`, Opacus) over ``schedule``.
+
+    **Add/remove** of one example, **Poisson sampling** of each batch from
+    ``schedule.num_examples`` examples (amplified when ``batch_size < num_examples``: the
+    client samples with randomness the server never sees), composed over
+    ``schedule.steps`` noised steps. The server learns at most these steps (or a function
+    of them), so the guarantee binds it too.
+    """
+    return epsilon(noise_multiplier, schedule.sample_rate, schedule.steps, schedule.delta,
+                   adjacency="add_remove", accountant=accountant)
+
+
+def describe_epsilon(eps: float, vacuous_above: float = VACUOUS_EPSILON) -> str:
+    r"""An epsilon as text: ``"ε = 4.73"``, ``"vacuous (ε = 2.2e+07)"`` above ``vacuous_above``, ``"no guarantee (ε = ∞)"``.
+
+    Why ``ε > 10`` is vacuous: DP bounds how much one unit's data can change the odds of
+    any conclusion about it, by a factor :math:`e^\varepsilon`; at ``ε = 10`` that factor is
+    22,000, so a prior of one in a thousand may become near certainty. Why ``δ`` must lie
+    well below ``1/N`` (``N`` units: clients or examples): ``δ`` is the probability with
+    which the guarantee may fail outright. The mechanism that publishes each unit's data in
+    the clear with probability ``δ`` is ``(0, δ)``-DP, yet it exposes ``Nδ`` units on
+    average; with ``δ ≥ 1/N`` someone's data is expected to be published. Hence
+    ``δ = 1e-5`` for the 60,000 examples of Fashion-MNIST, or for 10,000 clients.
+
+    >>> describe_epsilon(4.7312), describe_epsilon(2.2e7), describe_epsilon(math.inf)
+    ('ε = 4.73', 'vacuous (ε = 2.2e+07)', 'no guarantee (ε = ∞)')
+    """
+    if math.isnan(eps) or eps < 0:
+        raise ValueError(f"epsilon must be a number >= 0, got {eps!r}")
+    if math.isinf(eps):
+        return "no guarantee (ε = ∞)"
+    return f"vacuous (ε = {eps:.3g})" if eps > vacuous_above else f"ε = {eps:.3g}"

@@ -1,4 +1,4 @@
-"""gi_tutorial.defenses: noise, clipping, DP-FedAvg, DP-SGD through Opacus, pruning, accounting."""
+"""gi_tutorial.defenses: noise, clipping, local and central DP, DP-SGD through Opacus, pruning, accounting."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gi_tutorial import defenses, fl, invert, models
+from gi_tutorial import defenses, fl, invert, models, spaces
 
 
 @pytest.fixture
@@ -38,7 +38,8 @@ DEFENSES = {
     "noise": lambda u: defenses.add_noise(u, 0.1, _gen()),
     "relative noise": lambda u: defenses.add_noise(u, 0.5, _gen(), relative=True),
     "clip": lambda u: defenses.clip(u, 0.1),
-    "dp_fedavg": lambda u: defenses.dp_fedavg(u, 0.1, 1.0, _gen()),
+    "local_gaussian": lambda u: defenses.local_gaussian(u, 0.1, 1.0, _gen()),
+    "dp_fedavg received": lambda u: defenses.dp_fedavg([u], 0.1, 1.0, _gen()).received[0],
     "prune": lambda u: defenses.prune(u, 0.9),
     "composed": defenses.compose(lambda u: defenses.prune(u, 0.5), lambda u: defenses.add_noise(u, 0.1, _gen())),
 }
@@ -100,18 +101,70 @@ def test_relative_noise_scales_with_the_norm(update):
     assert out.defense[-1].settings["relative"] == 2.0
 
 
-def test_dp_fedavg_clips_then_adds_z_times_s(update):
+def test_local_gaussian_clips_then_adds_z_times_s(update):
     clip, z = 0.2, 0.5
-    out = defenses.dp_fedavg(update, clip, z, _gen(3))
+    out = defenses.local_gaussian(update, clip, z, _gen(3))
     clipped = defenses.clip(update, clip)
     noise = _flat(out.gradients) - _flat(clipped.gradients)
     assert noise.std().item() == pytest.approx(z * clip, rel=0.02)
     (record,) = out.defense
-    assert record.name == "dp_fedavg"
+    assert record.name == "local_gaussian"
     assert record.settings["clip"] == clip and record.settings["noise_multiplier"] == z
     assert record.settings["sigma"] == pytest.approx(z * clip)
     # zero noise: exactly the clipped update
-    assert torch.equal(_flat(defenses.dp_fedavg(update, clip, 0.0, _gen()).gradients), _flat(clipped.gradients))
+    assert torch.equal(_flat(defenses.local_gaussian(update, clip, 0.0, _gen()).gradients), _flat(clipped.gradients))
+
+
+def _client_updates(victim, m, seed=0):
+    g = _gen(seed)
+    return [fl.client_update(victim, torch.rand(2, 1, 32, 32, generator=g), torch.randint(0, 10, (2,), generator=g),
+                             share_labels=True) for _ in range(m)]
+
+
+def test_dp_fedavg_server_holds_each_clipped_update_before_its_noise(victim):
+    updates = _client_updates(victim, 3)
+    clip = 0.5 * min(float(defenses.global_norm(u.gradients)) for u in updates)  # every update is clipped
+    out = defenses.dp_fedavg(updates, clip, 1.0, _gen(4))
+    assert len(out.received) == 3
+    for u, r in zip(updates, out.received):
+        assert torch.equal(_flat(r.gradients), _flat(defenses.clip(u, clip).gradients))  # clipped, not noised
+        assert torch.equal(r.labels, u.labels) and r.defense[-1].name == "clip"
+    (record,) = out.aggregate.defense
+    assert record.name == "dp_fedavg" and record.settings["expected_clients"] == 3.0
+    assert out.aggregate.batch_size == 6 and out.noise_std == pytest.approx(1.0 * clip / 3)
+    # without noise the aggregate is exactly the mean of what the server received
+    quiet = defenses.dp_fedavg(updates, clip, 0.0, _gen())
+    mean = torch.stack([_flat(r.gradients) for r in quiet.received]).mean(0)
+    torch.testing.assert_close(_flat(quiet.aggregate.gradients), mean, rtol=1e-5, atol=1e-9)
+
+
+def test_dp_fedavg_adds_noise_once_to_the_sum_not_per_client(victim):
+    # The noise on the average of m clients: central DP-FedAvg zS/m, local noise on every client zS/sqrt(m).
+    m, clip, z = 16, 0.1, 1.0
+    updates = _client_updates(victim, m)
+    g = _gen(5)
+    quiet = _flat(defenses.dp_fedavg(updates, clip, 0.0, g).aggregate.gradients)
+    central = torch.stack([_flat(defenses.dp_fedavg(updates, clip, z, g).aggregate.gradients) - quiet
+                           for _ in range(20)])  # 20 draws of ~97k entries
+    local = torch.stack([torch.stack([_flat(defenses.local_gaussian(u, clip, z, g).gradients) for u in updates]).mean(0)
+                         - quiet for _ in range(5)])
+    assert central.std().item() == pytest.approx(z * clip / m, rel=0.01)
+    assert local.std().item() == pytest.approx(z * clip / math.sqrt(m), rel=0.01)
+    # the denominator is the expected number of clients when one is given (Poisson sampling)
+    expected = defenses.dp_fedavg(updates, clip, z, _gen(6), expected_clients=20.0)
+    assert (_flat(expected.aggregate.gradients) * 20 / m - quiet).std().item() < 1.2 * z * clip / m
+    assert expected.noise_std == pytest.approx(z * clip / 20)
+
+
+def test_dp_fedavg_stacked_matches_dp_fedavg(victim):
+    updates = _client_updates(victim, 5, seed=1)
+    stacked = tuple(torch.stack(parts) for parts in zip(*(u.gradients for u in updates)))
+    a = defenses.dp_fedavg(updates, 0.05, 0.7, _gen(8), expected_clients=4.0).aggregate.gradients
+    b = defenses.dp_fedavg_stacked(stacked, 0.05, 0.7, _gen(8), 4.0)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+    empty = defenses.dp_fedavg_stacked(tuple(g[:0] for g in stacked), 0.05, 0.7, _gen(8), 4.0)  # no client sampled
+    assert _flat(empty).std().item() == pytest.approx(0.7 * 0.05 / 4, rel=0.02)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 0.99])
@@ -160,7 +213,7 @@ def test_adaptive_model_masks_the_candidate_gradient(victim, batch, update):
 def test_adaptive_attacker_runs_in_the_loop(victim, batch, update):
     x, y = batch
     pruned = defenses.prune(update, 0.9)
-    result = invert.reconstruct(pruned, defenses.adaptive_model(victim, pruned), image_shape=(1, 32, 32),
+    result = invert.reconstruct(pruned, defenses.adaptive_model(victim, pruned), spaces.PixelSpace(tuple(x.shape)),
                                 distance="cosine", num_iters=2, progress=False)
     assert result.images.shape == x.shape
     assert isinstance(defenses.adaptive_model(victim, update), type(victim))  # no pruning: the model itself
@@ -170,8 +223,15 @@ def test_adaptive_attacker_runs_in_the_loop(victim, batch, update):
     (lambda u: defenses.add_noise(u, -0.1, _gen()), "sigma must be a finite number >= 0"),
     (lambda u: defenses.add_noise(u, float("nan"), _gen()), "sigma"),
     (lambda u: defenses.clip(u, -1.0), "clip bound"),
-    (lambda u: defenses.dp_fedavg(u, 1.0, -0.5, _gen()), "noise multiplier"),
-    (lambda u: defenses.dp_fedavg(u, -1.0, 0.5, _gen()), "clip bound"),
+    (lambda u: defenses.local_gaussian(u, 1.0, -0.5, _gen()), "noise multiplier"),
+    (lambda u: defenses.local_gaussian(u, -1.0, 0.5, _gen()), "clip bound"),
+    (lambda u: defenses.dp_fedavg([u], 1.0, -0.5, _gen()), "noise multiplier"),
+    (lambda u: defenses.dp_fedavg([u], -1.0, 0.5, _gen()), "clip bound"),
+    (lambda u: defenses.dp_fedavg([], 1.0, 0.5, _gen()), "at least one client update"),
+    (lambda u: defenses.dp_fedavg(u, 1.0, 0.5, _gen()), "a sequence of the round's updates.*local_gaussian"),
+    (lambda u: defenses.dp_fedavg([u], 1.0, 0.5, _gen(), expected_clients=0), "expected_clients must be a positive"),
+    (lambda u: defenses.dp_fedavg([u, u.replace(gradients=u.gradients[:-1])], 1.0, 0.5, _gen()),
+     "different models"),
     (lambda u: defenses.prune(u, 1.0), r"prune ratio must lie in \[0, 1\)"),
     (lambda u: defenses.prune(u, -0.1), "prune ratio"),
 ])
@@ -267,21 +327,56 @@ def test_dp_sgd_bad_labels(victim, batch):
 SCHEDULE = defenses.FLSchedule(num_clients=1000, clients_per_round=10, rounds=500, delta=1e-5)
 
 
-def test_epsilon_decreases_as_noise_grows():
-    values = [defenses.schedule_epsilon(z, SCHEDULE) for z in (0.5, 0.8, 1.0, 2.0, 4.0)]
-    assert all(a > b for a, b in zip(values, values[1:]))
-    assert defenses.schedule_epsilon(0.0, SCHEDULE) == math.inf
-
-
-@pytest.mark.parametrize("accountant", ["rdp", "prv"])
-def test_epsilon_matches_opacus_called_directly(accountant):
+def _opacus_direct(z, q, steps, delta, accountant="rdp"):
     from opacus.accountants import PRVAccountant, RDPAccountant
 
     direct = {"rdp": RDPAccountant, "prv": PRVAccountant}[accountant]()
-    for _ in range(SCHEDULE.rounds):  # one step per round, as a training loop would record it
-        direct.step(noise_multiplier=1.1, sample_rate=SCHEDULE.sample_rate)
-    expected = direct.get_epsilon(delta=SCHEDULE.delta)
-    assert defenses.schedule_epsilon(1.1, SCHEDULE, accountant) == pytest.approx(expected, rel=1e-6)
+    for _ in range(steps):  # one step per round, as a training loop would record it
+        direct.step(noise_multiplier=z, sample_rate=q)
+    return direct.get_epsilon(delta=delta)
+
+
+def test_epsilon_decreases_as_noise_grows():
+    values = [defenses.central_epsilon(z, SCHEDULE) for z in (0.5, 0.8, 1.0, 2.0, 4.0)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+    assert defenses.central_epsilon(0.0, SCHEDULE) == math.inf
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_central_epsilon_matches_opacus_called_directly(accountant):
+    expected = _opacus_direct(1.1, SCHEDULE.sample_rate, SCHEDULE.rounds, SCHEDULE.delta, accountant)
+    assert defenses.central_epsilon(1.1, SCHEDULE, accountant=accountant) == pytest.approx(expected, rel=1e-6)
+
+
+# The numbers of issue 17 (Opacus RDP, delta = 1e-5): one update unamplified, and 40 rounds at q = 0.01
+@pytest.mark.parametrize("z, add_remove, replace_one, forty_rounds", [
+    (0.1, 96.1, 295, 484), (1.0, 4.73, 10.7, 1.12), (2.0, 2.17, 4.73, 0.222)])
+def test_replace_one_and_add_remove_numbers(z, add_remove, replace_one, forty_rounds):
+    one = dict(sample_rate=1.0, steps=1, delta=1e-5)
+    assert defenses.epsilon(z, **one, adjacency="add_remove") == pytest.approx(add_remove, rel=3e-3)
+    assert defenses.epsilon(z, **one, adjacency="replace_one") == pytest.approx(replace_one, rel=3e-3)
+    assert defenses.epsilon(z, 0.01, 40, 1e-5, adjacency="add_remove") == pytest.approx(forty_rounds, rel=3e-3)
+    # and each is Opacus's own answer, called directly (replace-one: sensitivity 2S, the noise multiplier halved)
+    assert defenses.epsilon(z, **one, adjacency="add_remove") == pytest.approx(_opacus_direct(z, 1.0, 1, 1e-5))
+    assert defenses.epsilon(z, **one, adjacency="replace_one") == pytest.approx(_opacus_direct(z / 2, 1.0, 1, 1e-5))
+
+
+def test_local_epsilon_uses_sensitivity_2s_unamplified_over_the_rounds_joined():
+    for z, rounds in ((1.0, 1), (2.0, 5), (0.7, 40)):
+        local = defenses.local_epsilon(z, rounds, 1e-5)
+        assert local == pytest.approx(_opacus_direct(z / 2, 1.0, rounds, 1e-5), rel=1e-6)  # 2S, q = 1
+        assert local > defenses.epsilon(z, 1.0, rounds, 1e-5, adjacency="add_remove")  # not S
+    assert defenses.local_epsilon(1.0, 1, 1e-5) == pytest.approx(10.7, rel=3e-3)
+    # against the server, the local mechanism's epsilon is far above the central mechanism's amplified one
+    assert defenses.local_epsilon(1.0, 40, 1e-5) > 20 * defenses.central_epsilon(1.0, defenses.FLSchedule(1000, 10, 40, 1e-5))
+
+
+def test_dp_sgd_epsilon_is_example_level_and_amplified():
+    schedule = defenses.SGDSchedule(num_examples=60_000, batch_size=2048, steps=439, delta=1e-5)
+    assert schedule.epochs == pytest.approx(439 * 2048 / 60_000)
+    assert defenses.dp_sgd_epsilon(1.35, schedule) == pytest.approx(_opacus_direct(1.35, 2048 / 60_000, 439, 1e-5))
+    whole = defenses.SGDSchedule(num_examples=4, batch_size=4, steps=1, delta=1e-5)  # the batch is all the client has
+    assert defenses.dp_sgd_epsilon(1.0, whole) == pytest.approx(4.73, rel=3e-3)
 
 
 def test_rdp_epsilon_matches_the_rdp_analysis():
@@ -290,20 +385,55 @@ def test_rdp_epsilon_matches_the_rdp_analysis():
     orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
     curve = rdp.compute_rdp(q=SCHEDULE.sample_rate, noise_multiplier=1.1, steps=SCHEDULE.rounds, orders=orders)
     expected, _ = rdp.get_privacy_spent(orders=orders, rdp=curve, delta=SCHEDULE.delta)
-    assert defenses.schedule_epsilon(1.1, SCHEDULE) == pytest.approx(expected, rel=1e-6)
+    assert defenses.central_epsilon(1.1, SCHEDULE) == pytest.approx(expected, rel=1e-6)
 
 
 def test_prv_and_rdp_agree_roughly_and_prv_is_tighter():
-    rdp_eps = defenses.schedule_epsilon(1.0, SCHEDULE, "rdp")
-    prv_eps = defenses.schedule_epsilon(1.0, SCHEDULE, "prv")
+    rdp_eps = defenses.central_epsilon(1.0, SCHEDULE, accountant="rdp")
+    prv_eps = defenses.central_epsilon(1.0, SCHEDULE, accountant="prv")
     assert prv_eps <= rdp_eps and prv_eps > 0.5 * rdp_eps
 
 
-@pytest.mark.parametrize("target", [1.0, 4.0])
-def test_noise_multiplier_round_trips(target):
-    z = defenses.noise_multiplier_for(target, SCHEDULE)
-    eps = defenses.schedule_epsilon(z, SCHEDULE)
+@pytest.mark.parametrize("target, q, steps, adjacency", [
+    (1.0, SCHEDULE.sample_rate, SCHEDULE.rounds, "add_remove"), (4.0, SCHEDULE.sample_rate, SCHEDULE.rounds, "add_remove"),
+    (8.0, 1.0, 1, "replace_one"), (8.0, 1.0, 1, "add_remove")])
+def test_noise_multiplier_round_trips(target, q, steps, adjacency):
+    z = defenses.noise_multiplier_for(target, q, steps, 1e-5, adjacency=adjacency)
+    eps = defenses.epsilon(z, q, steps, 1e-5, adjacency=adjacency)
     assert eps <= target and eps == pytest.approx(target, abs=0.02)
+
+
+def test_replace_one_needs_twice_the_noise():
+    a = defenses.noise_multiplier_for(3.0, 1.0, 10, 1e-5, adjacency="add_remove")
+    r = defenses.noise_multiplier_for(3.0, 1.0, 10, 1e-5, adjacency="replace_one")
+    assert r == pytest.approx(2 * a)
+
+
+def test_poisson_sample_has_the_accountants_rate():
+    # the count is Binomial(N, q): mean Nq, variance Nq(1 - q), not a fixed m; every member equally likely
+    n, q, draws = 1000, 0.03, 2000
+    g = _gen(11)
+    samples = [defenses.poisson_sample(n, q, g) for _ in range(draws)]
+    counts = torch.tensor([len(s) for s in samples], dtype=torch.float64)
+    assert abs(counts.mean().item() - n * q) < 4 * math.sqrt(n * q * (1 - q) / draws)
+    assert counts.var().item() == pytest.approx(n * q * (1 - q), rel=0.1)
+    hits = torch.zeros(n)
+    for s in samples:
+        assert torch.equal(s, s.unique()) and s.dtype == torch.int64  # no repeats, ascending
+        hits[s] += 1
+    assert (hits / draws - q).abs().max().item() < 5 * math.sqrt(q * (1 - q) / draws)
+    assert len(defenses.poisson_sample(n, 1.0, g)) == n
+
+
+def test_describe_epsilon():
+    assert defenses.describe_epsilon(4.7312) == "ε = 4.73"
+    assert defenses.describe_epsilon(2.2e7) == "vacuous (ε = 2.2e+07)"
+    assert defenses.describe_epsilon(10.7) == "vacuous (ε = 10.7)"
+    assert defenses.describe_epsilon(10.0) == "ε = 10"
+    assert defenses.describe_epsilon(math.inf) == "no guarantee (ε = ∞)"
+    assert defenses.describe_epsilon(defenses.local_epsilon(0.01, 1, 1e-5)).startswith("vacuous")
+    with pytest.raises(ValueError, match="epsilon must be a number >= 0"):
+        defenses.describe_epsilon(float("nan"))
 
 
 @pytest.mark.parametrize("make, match", [
@@ -311,15 +441,32 @@ def test_noise_multiplier_round_trips(target):
     (lambda: defenses.FLSchedule(100, 150, 10, 1e-5), r"q must lie in \(0, 1\]"),
     (lambda: defenses.FLSchedule(100, 10, 10, 0.0), r"delta must lie in \(0, 1\)"),
     (lambda: defenses.FLSchedule(100, 10, 10, 1.0), r"delta must lie in \(0, 1\)"),
-    (lambda: defenses.epsilon(1.0, 1.5, 10, 1e-5), r"q must lie in \(0, 1\]"),
-    (lambda: defenses.epsilon(-1.0, 0.1, 10, 1e-5), "noise multiplier"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 2.0), "delta"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, accountant="moments"), "accountant must be"),
-    (lambda: defenses.noise_multiplier_for(0.0, SCHEDULE), "target epsilon must be positive"),
+    (lambda: defenses.SGDSchedule(100, 200, 10, 1e-5), r"q must lie in \(0, 1\]"),
+    (lambda: defenses.SGDSchedule(100, 10, 0, 1e-5), "steps must be an integer >= 1"),
+    (lambda: defenses.epsilon(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in \(0, 1\]"),
+    (lambda: defenses.epsilon(1.0, 0.0, 10, 1e-5, adjacency="add_remove"), r"q must lie in \(0, 1\]"),
+    (lambda: defenses.epsilon(-1.0, 0.1, 10, 1e-5, adjacency="add_remove"), "noise multiplier"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 2.0, adjacency="add_remove"), "delta"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 1.0, adjacency="add_remove"), "delta"),
+    (lambda: defenses.epsilon(1.0, 0.1, 0, 1e-5, adjacency="add_remove"), "steps must be"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="add_remove", accountant="moments"), "accountant must be"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="substitute"), "adjacency must be 'add_remove' or"),
+    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="replace_one"), "replace-one adjacency is accounted"),
+    (lambda: defenses.local_epsilon(-0.5, 1, 1e-5), "noise multiplier"),
+    (lambda: defenses.noise_multiplier_for(0.0, 0.01, 10, 1e-5, adjacency="add_remove"), "target epsilon must be positive"),
+    (lambda: defenses.noise_multiplier_for(1.0, 0.01, 10, 1e-5, adjacency="other"), "adjacency must be"),
+    (lambda: defenses.noise_multiplier_for(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in"),
+    (lambda: defenses.poisson_sample(0, 0.5, _gen()), "population must be a positive integer"),
+    (lambda: defenses.poisson_sample(10, 1.5, _gen()), r"q must lie in \(0, 1\]"),
 ])
 def test_bad_accounting_inputs(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_adjacency_must_be_stated():
+    with pytest.raises(TypeError):
+        defenses.epsilon(1.0, 0.1, 10, 1e-5)  # noqa: the call every chapter must not make
 
 
 def test_docstring_examples():
