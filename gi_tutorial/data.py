@@ -24,9 +24,10 @@ it failed, and how to provide the data.
 From the command line, ``python -m gi_tutorial.data --ensure fashion_mnist:train
 cifar10:test:20`` makes sure that each ``name:split[:n]`` can be loaded (``make data`` runs
 it before ``make book`` executes anything): it tries the sources above without
-downloading, then, for Fashion-MNIST when run as root where ``apt-get`` exists, installs
-Debian's ``dataset-fashion-mnist``, then torchvision's download into the data root; it
-exits 1 with the error that names every source tried when none has the data.
+downloading, then torchvision's download into the data root; it exits 1 with the error
+that names every source tried when none has the data. The library never installs system
+packages: ``make data`` first runs ``tools/debian_data.py``, which installs Debian's
+``dataset-fashion-mnist`` with ``apt-get`` where it can (as root) and the data is missing.
 """
 from __future__ import annotations
 
@@ -246,32 +247,16 @@ def _parse_spec(spec: str) -> tuple[str, Split, int | None]:
     return parts[0], parts[1], int(parts[2]) if len(parts) == 3 else None  # type: ignore[return-value]
 
 
-def _install_debian_package() -> str:
-    """Install Debian's Fashion-MNIST package when running as root with apt-get; say what happened."""
-    import shutil
-    import subprocess
+def ensure(spec: str, root: str | os.PathLike | None = None) -> str:
+    """Make sure ``name:split[:n]`` loads, downloading it if the machine allows; return the source that has it.
 
-    if shutil.which("apt-get") is None:
-        return "apt-get not found"
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        return "not root (as root: apt-get install dataset-fashion-mnist)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for command in (["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE], ["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", DEBIAN_PACKAGE]):
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if command[1] == "install" and done.returncode == 0:
-            return "installed"
-    return f"apt-get install {DEBIAN_PACKAGE} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}"
-
-
-def ensure(spec: str, root: str | os.PathLike | None = None, install: bool = True) -> str:
-    """Make sure ``name:split[:n]`` loads, fetching it if the machine allows; return the source that has it.
-
-    Order: what is already on disk (torchvision files, Debian's package); for Fashion-MNIST,
-    installing Debian's package (root and apt-get only); torchvision's download into the
-    data root (with a socket timeout).
+    Order: what is already on disk (torchvision files, Debian's package, the foolbox wheel),
+    then torchvision's download into the data root (with a socket timeout). Nothing is
+    installed: ``tools/debian_data.py`` (run by ``make data``) installs Debian's package first
+    where it can.
 
     Raises:
+        ValueError: a spec that is not ``name:split[:n]``, or an unknown dataset.
         DataNotFoundError: no source has the data; the message names every source tried.
     """
     name, split, n = _parse_spec(spec)
@@ -281,42 +266,26 @@ def ensure(spec: str, root: str | os.PathLike | None = None, install: bool = Tru
         return "already present"
     except DataNotFoundError as err:
         first_error = err
-    debian_note = None
-    if name == "fashion_mnist":
-        outcome = _install_debian_package() if install else "not attempted (install=False, --no-install)"
-        if outcome == "installed":
-            try:
-                load_dataset(name, split, n, root=root, allow_download=False)
-                return f"Debian package {DEBIAN_PACKAGE} (just installed)"
-            except DataNotFoundError:
-                pass
-        debian_note = f"  - installing Debian {DEBIAN_PACKAGE}: {outcome}"
     try:
         load_dataset(name, split, n, root=root, allow_download=True)
-        return f"torchvision download into {Path(root) if root is not None else default_root()}"
     except DataNotFoundError as err:
-        message = str(err)
-        if debian_note:
-            lines = message.split("\n")
-            at = next((i for i, line in enumerate(lines) if line.startswith("  - torchvision download")), len(lines) - 1)
-            message = "\n".join(lines[:at] + [debian_note] + lines[at:])
-        raise DataNotFoundError(message) from first_error
+        raise err from first_error
+    return f"torchvision download into {Path(root) if root is not None else default_root()}"
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m gi_tutorial.data",
-                                     description="Make sure datasets can be loaded, fetching them if the machine allows.")
+                                     description="Make sure datasets can be loaded, downloading them if the machine allows.")
     parser.add_argument("--ensure", nargs="+", required=True, metavar="NAME:SPLIT[:N]",
                         help="e.g. fashion_mnist:train cifar10:test:20")
     parser.add_argument("--root", default=None, help="data root (default: $GI_TUTORIAL_DATA or ~/.cache/gi_tutorial/data)")
-    parser.add_argument("--no-install", action="store_true", help="never run apt-get")
     args = parser.parse_args(argv)
     failed = False
     for spec in args.ensure:
         try:
-            source = ensure(spec, root=args.root, install=not args.no_install)
+            source = ensure(spec, root=args.root)
         except DataNotFoundError as err:
             print(f"data: {spec}: NOT AVAILABLE\n{err}", file=sys.stderr)
             failed = True

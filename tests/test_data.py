@@ -1,17 +1,22 @@
-"""gi_tutorial.data: offline sources, their order, errors, and the IDX reader."""
+"""gi_tutorial.data: offline sources, their order, errors, and the IDX reader; tools/debian_data.py installs
+Debian's Fashion-MNIST package (the library itself never runs a command)."""
 from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import socket
+import subprocess
 import time
+from pathlib import Path
 
+import debian_data
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-from gi_tutorial import data
+from gi_tutorial import data, storage
 
 CIFAR10_FIRST_TEST_LABELS = [3, 8, 8, 0, 6]  # cat, ship, ship, airplane, frog
 
@@ -116,7 +121,7 @@ def test_more_than_the_shipped_images_is_not_found(empty_root):
 def test_download_fails_fast_offline(tmp_path, monkeypatch):
     if not _offline():
         pytest.skip("download.pytorch.org resolves: this machine is online and would download CIFAR-10")
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(storage, "DOWNLOAD_TIMEOUT_S", 2.0)  # the setting lives in storage
     start = time.perf_counter()
     with pytest.raises(data.DataNotFoundError) as err:
         data.load_dataset("cifar10", "train", 1, root=tmp_path, allow_download=True)
@@ -136,7 +141,7 @@ def test_download_runs_under_the_configured_timeout(tmp_path, monkeypatch):
             raise RuntimeError("no data here")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
-    monkeypatch.setattr(data, "DOWNLOAD_TIMEOUT_S", 0.25)
+    monkeypatch.setattr(storage, "DOWNLOAD_TIMEOUT_S", 0.25)
     with pytest.raises(data.DataNotFoundError, match="no data here"):
         data.load_dataset("cifar10", "train", 1, root=tmp_path, allow_download=True)
     assert seen == [0.25]
@@ -237,3 +242,86 @@ def test_debian_and_foolbox_fashion_mnist_agree():
     assert a.shape == b.shape == (20, 1, 32, 32)
     assert _sha256(a) == _sha256(b)
     assert np.array_equal(np.asarray(debian_labels[:20]), foolbox_labels)
+
+
+# --- no system packages from the library; tools/debian_data.py installs Debian's where it can ----
+
+@pytest.fixture
+def fake_fashion_mnist_download(monkeypatch):
+    """torchvision's Fashion-MNIST download fails at once, as offline (no network wait in a unit test)."""
+    class Offline:
+        def __init__(self, root, train=True, download=False):
+            raise RuntimeError("offline" if download else "Dataset not found")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", Offline)
+
+
+def test_ensure_installs_nothing_and_names_every_source(tmp_path, monkeypatch, fake_fashion_mnist_download):
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"the library ran a command: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    monkeypatch.setenv(data.DEBIAN_DIR_ENV, str(tmp_path / "no-debian"))
+    with pytest.raises(data.DataNotFoundError) as err:
+        data.ensure("fashion_mnist:train", root=tmp_path / "data")
+    lines = [line for line in str(err.value).splitlines() if line.startswith("  - ")]
+    assert [line.split(":")[0] for line in lines] == [
+        f"  - torchvision files under {tmp_path / 'data'}", f"  - Debian dataset-fashion-mnist in {tmp_path / 'no-debian'}",
+        "  - the 20 test images in the foolbox==3.3.4 wheel", f"  - torchvision download into {tmp_path / 'data'}"]
+    assert "apt-get install dataset-fashion-mnist" in str(err.value)  # it says how, and does not do it
+    assert data.ensure("fashion_mnist:test:20", root=tmp_path / "data") == "already present"
+
+
+ALLOWED_SUBPROCESS: set[str] = set()  # none: the library computes; the tools and the Makefile run commands
+
+
+def test_no_library_module_runs_commands():
+    for module in Path(data.__file__).parent.glob("*.py"):
+        text = module.read_text()
+        assert "apt-get\"" not in text and "\"apt-get" not in text, f"{module.name} builds an apt-get command"
+        assert not re.search(r"^\s*(import subprocess|from subprocess import)", text, re.MULTILINE) or \
+            module.name in ALLOWED_SUBPROCESS, f"{module.name} imports subprocess"
+
+
+@pytest.fixture
+def hidden_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.DEBIAN_DIR_ENV, str(tmp_path / "no-debian"))
+    monkeypatch.setenv("GI_TUTORIAL_DATA", str(tmp_path / "data"))
+
+
+def test_debian_script_asks_only_for_missing_fashion_mnist(hidden_fashion_mnist):
+    assert debian_data.missing_fashion_mnist(["cifar10:test:20", "fashion_mnist:test:20", "fashion_mnist:train",
+                                              "mnist:test:5"]) == ["fashion_mnist:train"]
+
+
+@pytest.mark.parametrize("which, euid, expected", [
+    (None, 0, "apt-get not found"),
+    ("/usr/bin/apt-get", 1000, "not root"),
+])
+def test_debian_script_does_not_install_where_it_cannot(which, euid, expected, monkeypatch):
+    monkeypatch.setattr(debian_data.shutil, "which", lambda name: which)
+    monkeypatch.setattr(debian_data.os, "geteuid", lambda: euid)
+    monkeypatch.setattr(debian_data.subprocess, "run", lambda *a, **k: pytest.fail("apt-get ran"))
+    assert expected in debian_data.install()
+
+
+@pytest.mark.parametrize("codes, commands, expected", [
+    ([0], [["install"]], "installed"),
+    ([100, 0, 0], [["install"], ["update"], ["install"]], "installed"),  # an unknown package: update, then again
+    ([100, 0, 100], [["install"], ["update"], ["install"]], "failed: E: Unable to locate package"),
+])
+def test_debian_script_installs_as_root(codes, commands, expected, monkeypatch, capsys, hidden_fashion_mnist):
+    ran = []
+
+    def fake_run(command, env, capture_output, text):
+        ran.append(command)
+        return subprocess.CompletedProcess(command, codes[len(ran) - 1], "", "E: Unable to locate package")
+
+    monkeypatch.setattr(debian_data.shutil, "which", lambda name: "/usr/bin/apt-get")
+    monkeypatch.setattr(debian_data.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(debian_data.subprocess, "run", fake_run)
+    assert debian_data.main(["fashion_mnist:train"]) == 0  # never fails: `--ensure` gives the verdict
+    assert [c[1:2] for c in ran] == commands
+    assert all(c[0] == "apt-get" and (c[1] == "update" or c[-1] == "dataset-fashion-mnist") for c in ran)
+    assert expected in capsys.readouterr().out
