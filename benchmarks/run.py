@@ -24,11 +24,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gi_tutorial import attacks, config, fl, generators, invert, models, priors, spaces, threats  # noqa: E402
+from gi_tutorial import attacks, config, fl, generators, invert, models, objectives, priors, spaces, threats  # noqa: E402
 
 
 def bare_steps(model: torch.nn.Module, update: fl.SharedUpdate, labels: torch.Tensor, shape, num_iters: int) -> float:
@@ -105,14 +106,31 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
             "vmap": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, vectorise="vmap"), weights),
             "shared": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, shared=True), weights)}
 
-    def marginal(name: str) -> float:
+    def run(name: str, n: int) -> float:
         space, options = make[name]
+        start = time.process_time()  # CPU time of this one-threaded process: other jobs on the machine stretch it less
+        invert.reconstruct(update, victim, space(), num_iters=n, threat_model=threats.DATA_ENHANCED, progress=False,
+                           **options)
+        return time.process_time() - start
 
-        def run(n: int) -> float:
-            return invert.reconstruct(update, victim, space(), num_iters=n, threat_model=threats.DATA_ENHANCED,
-                                      progress=False, **options).seconds
-        return (run(2 * num_iters) - run(num_iters)) / num_iters
+    def marginal(name: str) -> float:
+        return (run(name, 2 * num_iters) - run(name, num_iters)) / num_iters
 
+    def flops(name: str) -> float:
+        """Matrix-product and convolution FLOPs of one step: the images, their gradient, the distance, its backward."""
+        space, options = make[name]
+        space = space()
+        variables = space.init(torch.Generator().manual_seed(0))
+        with FlopCounterMode(display=False) as counter:
+            images = space.images()
+            grads, _ = fl.batch_gradients(victim, images, update.labels, create_graph=True)
+            loss = objectives.gradient_distance(grads, update.gradients, options["distance"])
+            for prior in options.get("priors", ()):
+                loss = loss + prior(images, None)
+            loss.backward(inputs=variables)
+        return counter.get_total_flops()
+
+    work = {name: flops(name) for name in make if name != "vmap"}  # the counter does not see through vmap
     times = {name: [] for name in make}
     for name in make:  # warm-up
         marginal(name)
@@ -120,7 +138,8 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
         for name in make:
             times[name].append(marginal(name))
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    return {**ms, **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make}}
+    return {**ms, **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make},
+            **{f"{name}_flops": work[name] / work["GI-x"] for name in work}}
 
 
 def chapter_seconds(notebook: Path, quick: bool) -> float:
@@ -142,7 +161,7 @@ def main() -> None:
     parser.add_argument("--victims", default="convnet_fc,convnet_gap", help="victims of --generator")
     parser.add_argument("--batches", default="1,4,8", help="batch sizes of --generator")
     parser.add_argument("--iters", type=int, default=20, help="steps per timed run of --generator (2N minus N)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of --generator (the median)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --generator (the median)")
     args = parser.parse_args()
     both = not (args.steps or args.chapters or args.generator)
     config.set_threads()
@@ -154,17 +173,20 @@ def main() -> None:
             print(f"  {name:9s} batch {b}: library {f['library_ms']:8.1f} ms, bare {f['bare_ms']:8.1f} ms, "
                   f"ratio {f['ratio']:.3f}")
     if args.generator or both:
-        print("\nms per step in the generator's spaces, and its ratio to a pixel-space (GI-x) step (cosine, Adam):\n"
+        print("\nms per step (CPU time, median of interleaved rounds) in the generator's spaces, and its ratio to a\n"
+              "pixel-space (GI-x) step, each as the book runs it; in brackets the same ratio in FLOPs (matrix products\n"
+              "and convolutions, torch.utils.flop_counter), what the ratio would be if every FLOP cost the same:\n"
               "  stage 2 = GIAS's per-image copies of the weights, as the library runs them (per-copy layers);\n"
               "  vmap = the same copies through torch.func.vmap; one copy = a single copy shared by the batch\n"
-              "  (GIML's inner loop: the generator's own cost, with no per-image weights, a floor for stage 2)")
+              "  (GIML's inner loop: the generator's own work, with no per-image weights)")
         for victim in args.victims.split(","):
             for b in (int(b) for b in args.batches.split(",")):
                 f = generator_step_figures(victim, b, args.iters, args.rounds)
                 print(f"  {victim:11s} batch {b}: GI-x {f['GI-x']:5.1f} ms | GI-z {f['GI-z']:5.1f} ms "
-                      f"{f['GI-z_ratio']:.2f}x | stage 2 {f['stage 2']:5.1f} ms {f['stage 2_ratio']:.2f}x | "
-                      f"vmap {f['vmap']:5.1f} ms {f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms "
-                      f"{f['shared_ratio']:.2f}x")
+                      f"{f['GI-z_ratio']:.2f}x ({f['GI-z_flops']:.2f}) | stage 2 {f['stage 2']:5.1f} ms "
+                      f"{f['stage 2_ratio']:.2f}x ({f['stage 2_flops']:.2f}) | vmap {f['vmap']:5.1f} ms "
+                      f"{f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms {f['shared_ratio']:.2f}x "
+                      f"({f['shared_flops']:.2f})", flush=True)
     if args.chapters or both:
         print("\nseconds per chapter (fresh kernel, top to bottom):")
         total = {"full": 0.0, "quick": 0.0}
