@@ -1,10 +1,15 @@
 """Checkers for the book's exercises: run a student's function against the reference.
 
 Each ``check_*`` function calls the student's implementation on several fresh cases
-built from real gradients, compares with the library's reference, and raises an
-AssertionError that says which case failed and how; on success it prints one line and
-returns True. Instructors can use the same functions to grade submissions.
+built from real gradients, compares with the library's reference (it calls the library's
+function, never a copy of its formula), and raises :class:`CheckFailed` that says which case
+failed and how; on success it prints one line and returns True. Instructors can use the
+same functions to grade submissions.
+
+The checkers never use ``assert``: ``python -O`` strips assert statements, and a grader
+run that way would pass every answer.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -17,6 +22,21 @@ from . import analytic, fl, models, objectives, priors
 NUM_CASES = 5
 
 
+class CheckFailed(AssertionError):
+    """A student's answer disagrees with the reference; the message names the case and the difference.
+
+    A subclass of :class:`AssertionError`, so that graders and test runners that count a failed
+    assertion as a wrong answer (pytest, nbgrader, otter-grader) count this one too, and code
+    that catches ``AssertionError`` keeps working. It is raised explicitly, so ``python -O``
+    does not remove it.
+    """
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailed(message)
+
+
 def _passed(name: str, cases: int) -> bool:
     print(f"✓ {name}: matches the reference on {cases} cases")
     return True
@@ -25,9 +45,15 @@ def _passed(name: str, cases: int) -> bool:
 def _close(name: str, case: int, got, expected, atol: float) -> None:
     got = torch.as_tensor(got, dtype=torch.float64)
     expected = torch.as_tensor(expected, dtype=torch.float64)
-    assert got.shape == expected.shape, f"{name}, case {case}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}"
+    _require(
+        got.shape == expected.shape,
+        f"{name}, case {case}: expected shape {tuple(expected.shape)}, got {tuple(got.shape)}",
+    )
     error = (got - expected).abs().max().item() if got.numel() else 0.0
-    assert error <= atol, f"{name}, case {case}: largest difference from the reference is {error:.3g} (tolerance {atol:g})"
+    _require(
+        error <= atol,  # NaN fails too
+        f"{name}, case {case}: largest difference from the reference is {error:.3g} (tolerance {atol:g})",
+    )
 
 
 def _random_clients(seed: int, num_clients: int = 3):
@@ -42,13 +68,17 @@ def _random_clients(seed: int, num_clients: int = 3):
     return model, updates
 
 
+def _same_length(name: str, case: int, got, expected) -> None:
+    _require(len(got) == len(expected), f"{name}, case {case}: expected {len(expected)} tensors, got {len(got)}")
+
+
 def check_average_gradients(student: Callable) -> bool:
     """Chapter 0: ``student(gradient_lists, batch_sizes)`` returns the batch-size-weighted average gradient list."""
     for case in range(NUM_CASES):
         _, updates = _random_clients(case)
         got = student([list(u.gradients) for u in updates], [u.batch_size for u in updates])
         expected = fl.average_gradients(updates)
-        assert len(got) == len(expected), f"average, case {case}: expected {len(expected)} tensors, got {len(got)}"
+        _same_length("average", case, got, expected)
         for layer, (a, b) in enumerate(zip(got, expected)):
             _close(f"average (tensor {layer})", case, a, b, atol=1e-6)
     return _passed("average_gradients", NUM_CASES)
@@ -63,7 +93,7 @@ def check_label_recovery(student: Callable) -> bool:
         update = fl.client_update(model, x, y)
         weight_grad, _ = analytic.last_linear_gradients(update, model)
         got = int(student(weight_grad.clone()))
-        assert got == int(y), f"label recovery, case {case}: the true label is {int(y)}, got {got}"
+        _require(got == int(y), f"label recovery, case {case}: the true label is {int(y)}, got {got}")
     return _passed("label recovery", NUM_CASES)
 
 
@@ -71,7 +101,9 @@ def check_fc_input_recovery(student: Callable) -> bool:
     """Chapter 1: ``student(weight_grad, bias_grad)`` returns the input of a fully connected layer with bias."""
     for case in range(NUM_CASES):
         g = torch.Generator().manual_seed(case)
-        layer = torch.nn.Linear(20, 7)
+        with torch.random.fork_rng():  # a fresh layer without touching the caller's random state
+            torch.manual_seed(case)
+            layer = torch.nn.Linear(20, 7)
         x = torch.rand(1, 20, generator=g)
         loss = torch.nn.functional.cross_entropy(layer(x), torch.tensor([case % 7]))
         weight_grad, bias_grad = torch.autograd.grad(loss, [layer.weight, layer.bias])
@@ -81,27 +113,48 @@ def check_fc_input_recovery(student: Callable) -> bool:
 
 
 def check_count_unknowns(student: Callable) -> bool:
-    """Chapter 1: ``student(model, image_shape, batch_size)`` returns ``(unknowns, equations)``."""
-    cases = [("lenet", (3, 32, 32), 1), ("lenet", (3, 32, 32), 8), ("convnet_gap", (1, 32, 32), 4),
-             ("convnet_fc", (3, 32, 32), 2), ("resnet18", (3, 32, 32), 16)]
+    """Chapter 1: ``student(model, image_shape, batch_size)`` returns ``(unknowns, equations)``.
+
+    The reference is :func:`gi_tutorial.analytic.count_unknowns`: the pixels of the batch, and
+    the *independent* gradient entries (all entries less those that an exact identity fixes,
+    :func:`gi_tutorial.analytic.exact_dependencies`).
+    """
+    cases = [
+        ("lenet", (3, 32, 32), 1),
+        ("lenet", (3, 32, 32), 8),
+        ("convnet_gap", (1, 32, 32), 4),
+        ("convnet_fc", (3, 32, 32), 2),
+        ("resnet18", (3, 32, 32), 16),
+    ]
     for case, (name, shape, b) in enumerate(cases):
         model = models.build_model(name, in_channels=shape[0])
         expected = analytic.count_unknowns(model, shape, b)
         got = tuple(int(v) for v in student(model, shape, b))
-        assert got == (expected.unknowns, expected.equations), (
-            f"counting, case {case} ({name}, batch {b}): expected {(expected.unknowns, expected.equations)}, got {got}")
+        _require(
+            got == (expected.unknowns, expected.equations),
+            f"counting, case {case} ({name}, batch {b}): expected {(expected.unknowns, expected.equations)}, got {got}",
+        )
     return _passed("count_unknowns", len(cases))
 
 
-def _differentiable_close(name: str, case: int, student_value, expected: torch.Tensor, inputs: list[torch.Tensor],
-                          atol: float, check_gradient: bool = True) -> None:
+def _differentiable_close(
+    name: str,
+    case: int,
+    student_value,
+    expected: torch.Tensor,
+    inputs: list[torch.Tensor],
+    atol: float,
+    check_gradient: bool = True,
+) -> None:
     """Compare values, then the gradients w.r.t. ``inputs``: a prior or distance must be differentiable."""
     _close(name, case, torch.as_tensor(student_value).detach(), expected.detach(), atol=atol)
     if not check_gradient:
         return
-    assert isinstance(student_value, torch.Tensor) and student_value.requires_grad, (
+    _require(
+        isinstance(student_value, torch.Tensor) and student_value.requires_grad,
         f"{name}, case {case}: the value is right but autograd cannot differentiate it; the reconstruction loop "
-        "needs a tensor computed with torch operations (no .item(), numpy or Python floats)")
+        "needs a tensor computed with torch operations (no .item(), numpy or Python floats)",
+    )
     got = torch.autograd.grad(student_value, inputs, allow_unused=True)
     want = torch.autograd.grad(expected, inputs, allow_unused=True)
     for i, (a, b) in enumerate(zip(got, want)):
@@ -153,13 +206,13 @@ def check_cosine_distance(student: Callable) -> bool:
 
 
 def check_bn_statistics(student: Callable) -> bool:
-    """Chapter 2: ``student(batch_means, batch_vars, target_means, target_vars)`` returns Yin et al.'s BN distance.
+    r"""Chapter 2: ``student(batch_means, batch_vars, target_means, target_vars)`` returns Yin et al.'s BN distance.
 
     Each argument is a list with one ``(C_l,)`` tensor per BatchNorm layer, in module
     order. The expected value (without the prior's weight) is
 
-    .. math:: \\sum_l m_l \\big(\\lVert \\mu_l - \\mu^*_l \\rVert_2 + \\lVert \\sigma^2_l - \\sigma^{*2}_l \\rVert_2\\big),
-              \\quad m_1 = 10,\\ m_{l>1} = 1,
+    .. math:: \sum_l m_l \big(\lVert \mu_l - \mu^*_l \rVert_2 + \lVert \sigma^2_l - \sigma^{*2}_l \rVert_2\big),
+              \quad m_1 = 10,\ m_{l>1} = 1,
 
     with Euclidean norms (not squared), as
     ``gi_tutorial.priors.bn_statistics_distance(list(zip(batch_means, batch_vars)),
@@ -182,8 +235,15 @@ def check_bn_statistics(student: Callable) -> bool:
         got = student([m for m, _ in batch], [v for _, v in batch], [m for m, _ in target], [v for _, v in target])
         inputs = [t for pair in batch for t in pair]
         # at distance 0 the norm has no gradient (torch's subgradient is 0, sqrt(sum of squares) gives NaN)
-        _differentiable_close(f"BN statistics ({len(widths)} BatchNorm layers)", case, got, expected, inputs,
-                              atol=1e-4, check_gradient=case != 4)
+        _differentiable_close(
+            f"BN statistics ({len(widths)} BatchNorm layers)",
+            case,
+            got,
+            expected,
+            inputs,
+            atol=1e-4,
+            check_gradient=case != 4,
+        )
     return _passed("BN statistics distance", NUM_CASES)
 
 
@@ -198,7 +258,10 @@ def _small_generator(seed: int):
 def check_latent_loss(student: Callable) -> bool:
     """Chapter 3: ``student(z, generator, model, labels, target_gradients)`` returns the L2 gradient distance of G(z).
 
-    The value must be differentiable w.r.t. ``z`` (one latent-search step is its backward pass).
+    The reference is :func:`gi_tutorial.objectives.gradient_distance` (``"l2"``) between the
+    gradient of the mean cross-entropy on ``generator(z)`` (:func:`gi_tutorial.fl.batch_gradients`)
+    and the target. The value must be differentiable w.r.t. ``z`` (one latent-search step is
+    its backward pass), and its gradient w.r.t. ``z`` must be the reference's.
     """
     for case in range(NUM_CASES):
         g = torch.Generator().manual_seed(500 + case)
@@ -208,11 +271,17 @@ def check_latent_loss(student: Callable) -> bool:
         labels = torch.randint(0, 10, (b,), generator=g)
         target = fl.batch_gradients(model, torch.rand(b, 1, 32, 32, generator=g), labels)[0]
         z = torch.randn(b, generator.z_dim, generator=g, requires_grad=True)
-        expected = objectives.gradient_distance(fl.batch_gradients(model, generator(z), labels, create_graph=True)[0],
-                                                target)
+        expected = objectives.gradient_distance(
+            fl.batch_gradients(model, generator(z), labels, create_graph=True)[0], target
+        )
         got = student(z, generator, model, labels, [t.clone() for t in target])
         _differentiable_close("latent loss", case, got, expected, [z], atol=1e-4 * max(1.0, float(expected.detach())))
     return _passed("latent loss", NUM_CASES)
+
+
+def _unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    state = module.state_dict()
+    return all(torch.equal(v, state[k]) for k, v in before.items())
 
 
 def check_generator_copies(student: Callable) -> bool:
@@ -228,27 +297,39 @@ def check_generator_copies(student: Callable) -> bool:
         before = {k: v.clone() for k, v in generator.state_dict().items()}
         images, copies = student(generator, z)
         _close("stage-2 images at the start", case, images.detach(), generator(z).detach(), atol=1e-6)
-        assert len(copies) == len(z), f"stage-2 copies, case {case}: expected {len(z)} copies, got {len(copies)}"
-        assert all(c is not generator for c in copies), f"stage-2 copies, case {case}: a copy is the original generator"
+        _require(len(copies) == len(z), f"stage-2 copies, case {case}: expected {len(z)} copies, got {len(copies)}")
+        _require(
+            all(c is not generator for c in copies), f"stage-2 copies, case {case}: a copy is the original generator"
+        )
         with torch.no_grad():
             for p in copies[0].parameters():
                 p.add_(0.1)
-        moved = torch.cat([c(z[i:i + 1]) for i, c in enumerate(copies)]).detach()
-        assert not torch.allclose(moved[0], images[0].detach()), (
-            f"stage-2 copies, case {case}: changing copy 0 did not change image 0")
-        assert torch.allclose(moved[1:], images[1:].detach(), atol=1e-6), (
-            f"stage-2 copies, case {case}: changing copy 0 changed other images: the copies share weights")
-        assert all(torch.equal(v, generator.state_dict()[k]) for k, v in before.items()), (
-            f"stage-2 copies, case {case}: the original generator was changed")
+        moved = torch.cat([c(z[i : i + 1]) for i, c in enumerate(copies)]).detach()
+        _require(
+            not torch.allclose(moved[0], images[0].detach()),
+            f"stage-2 copies, case {case}: changing copy 0 did not change image 0",
+        )
+        _require(
+            torch.allclose(moved[1:], images[1:].detach(), atol=1e-6),
+            f"stage-2 copies, case {case}: changing copy 0 changed other images: the copies share weights",
+        )
+        _require(_unchanged(generator, before), f"stage-2 copies, case {case}: the original generator was changed")
     return _passed("generator copies", NUM_CASES)
 
 
+def _as_module(tensors) -> nn.Module:
+    module = nn.Module()
+    module.params = nn.ParameterList(nn.Parameter(p.clone()) for p in tensors)
+    return module
+
+
 def check_reptile_step(student: Callable) -> bool:
-    """Chapter 5: ``student(theta, adapted, epsilon)`` returns ``theta + epsilon * mean_i(adapted_i - theta)``.
+    """Chapter 5: ``student(theta, adapted, step_size)`` returns ``theta + step_size * mean_i(adapted_i - theta)``.
 
     ``theta`` is a list of tensors, ``adapted`` a list (one per task) of such lists. The
-    inputs must not change; a case where every adapted list equals ``theta`` must give a
-    zero step, and the others a step of exactly the right size.
+    reference is :func:`gi_tutorial.giml.reptile_step`, run on modules holding the same
+    tensors. The inputs must not change; a case where every adapted list equals ``theta``
+    must give a zero step, and the others a step of exactly the right size.
     """
     from .giml import reptile_step
 
@@ -257,25 +338,25 @@ def check_reptile_step(student: Callable) -> bool:
         shapes = [(3, 2), (4,), (2, 2, 2)]
         theta = [torch.randn(s, generator=g) for s in shapes]
         tasks = 1 + case % 3
-        adapted = [[p.clone() if case == 0 else p + torch.randn(p.shape, generator=g) for p in theta]
-                   for _ in range(tasks)]
-        epsilon = (0.1, 0.5, 1.0, 0.25, 0.05)[case]
+        adapted = [
+            [p.clone() if case == 0 else p + torch.randn(p.shape, generator=g) for p in theta] for _ in range(tasks)
+        ]
+        step_size = (0.1, 0.5, 1.0, 0.25, 0.05)[case]
         before = [p.clone() for p in theta], [[p.clone() for p in ps] for ps in adapted]
-        got = student(theta, adapted, epsilon)
-        reference = nn.Module()
-        reference.params = nn.ParameterList(nn.Parameter(p.clone()) for p in theta)
-        modules = []
-        for ps in adapted:
-            m = nn.Module()
-            m.params = nn.ParameterList(nn.Parameter(p.clone()) for p in ps)
-            modules.append(m)
-        reptile_step(reference, modules, epsilon)
-        assert len(got) == len(theta), f"Reptile step, case {case}: expected {len(theta)} tensors, got {len(got)}"
+        reference = _as_module(theta)  # computed on copies, before the student's function sees the inputs
+        reptile_step(reference, [_as_module(ps) for ps in adapted], step_size)  # positional: its name changed once
+        got = student(theta, adapted, step_size)
+        _same_length("Reptile step", case, got, theta)
         for i, (a, b) in enumerate(zip(got, reference.params)):
-            _close(f"Reptile step, tensor {i}", case, a.detach(), b.detach(), atol=1e-6)
-        assert all(torch.equal(p, q) for p, q in zip(theta, before[0])), f"Reptile step, case {case}: theta was changed"
-        assert all(torch.equal(p, q) for ps, qs in zip(adapted, before[1]) for p, q in zip(ps, qs)), (
-            f"Reptile step, case {case}: the adapted weights were changed")
+            _close(f"Reptile step, tensor {i}", case, torch.as_tensor(a).detach(), b.detach(), atol=1e-6)
+        _require(
+            all(torch.equal(p, q) for p, q in zip(theta, before[0])),
+            f"Reptile step, case {case}: theta was changed in place (return new tensors)",
+        )
+        _require(
+            all(torch.equal(p, q) for ps, qs in zip(adapted, before[1]) for p, q in zip(ps, qs)),
+            f"Reptile step, case {case}: the adapted weights were changed",
+        )
     return _passed("Reptile step", NUM_CASES)
 
 
@@ -287,87 +368,137 @@ def check_inner_round(student: Callable) -> bool:
     must match the update's gradient better than the same search with the original.
     """
     from .invert import Adam, reconstruct
-    from .threats import DATA_ENHANCED
     from .spaces import LatentSpace
+    from .threats import DATA_ENHANCED
 
     cases = 3
     for case in range(cases):
         generator = _small_generator(800 + case)
-        model = models.ConvNet(1, 10, widths=(4, 8), strides=(2, 2), head="flatten")
+        with torch.random.fork_rng():  # a fresh victim without touching the caller's random state
+            torch.manual_seed(800 + case)
+            model = models.ConvNet(1, 10, widths=(4, 8), strides=(2, 2), head="flatten")
         g = torch.Generator().manual_seed(case)
         b = 1 + case % 2
         x = torch.rand(b, 1, 32, 32, generator=g)
         update = fl.client_update(model, x, torch.randint(0, 10, (b,), generator=g), share_labels=True)
         before = {k: v.clone() for k, v in generator.state_dict().items()}
         adapted = student(update, model, generator)
-        assert isinstance(adapted, nn.Module) and adapted is not generator, (
-            f"inner round, case {case}: return a new generator module, not the original")
-        assert all(torch.equal(v, generator.state_dict()[k]) for k, v in before.items()), (
-            f"inner round, case {case}: the original generator was changed")
+        _require(
+            isinstance(adapted, nn.Module) and adapted is not generator,
+            f"inner round, case {case}: return a new generator module, not the original",
+        )
+        _require(_unchanged(generator, before), f"inner round, case {case}: the original generator was changed")
+        shapes = [tuple(p.shape) for p in generator.parameters()]
+        _require(
+            [tuple(p.shape) for p in adapted.parameters()] == shapes,
+            f"inner round, case {case}: the adapted generator does not have the generator's architecture",
+        )
         moved = max((p - q).abs().max().item() for p, q in zip(adapted.parameters(), generator.parameters()))
-        assert moved > 1e-5, f"inner round, case {case}: the adapted weights equal the original ones (a zero step)"
-        distances = [reconstruct(update, model, LatentSpace(candidate, b), optimizer=Adam(0.05), num_iters=20,
-                                 distance="cosine", threat_model=DATA_ENHANCED, progress=False).grad_loss
-                     for candidate in (generator, adapted)]
-        assert distances[1] < distances[0], (
+        _require(moved > 1e-5, f"inner round, case {case}: the adapted weights equal the original ones (a zero step)")
+        distances = [
+            reconstruct(
+                update,
+                model,
+                LatentSpace(candidate, b),
+                optimizer=Adam(0.05),
+                num_iters=20,
+                distance="cosine",
+                threat_model=DATA_ENHANCED,
+                seed=case,
+                progress=False,
+            ).grad_loss
+            for candidate in (generator, adapted)
+        ]
+        _require(
+            distances[1] < distances[0],
             f"inner round, case {case}: a latent search with the adapted generator matches the gradient worse "
-            f"({distances[1]:.4f}) than with the original ({distances[0]:.4f})")
+            f"({distances[1]:.4f}) than with the original ({distances[0]:.4f})",
+        )
     return _passed("inner round", cases)
 
 
 # --- Chapter 6: defenses -------------------------------------------------------------------
 
-def check_clip_and_noise(student: Callable) -> bool:
-    """Chapter 6: ``student(gradients, clip_norm, noise_multiplier, generator)`` clips the update's global norm, then adds noise.
 
-    Checked: with no noise, the result equals :func:`gi_tutorial.defenses.clip` (norm at
-    most the bound, direction kept); with noise, the added noise has mean 0 and standard
-    deviation ``noise_multiplier * clip_norm`` (a statistical test over every entry); the
-    same generator seed gives the same result; the input tensors are not changed.
+def check_clip_and_noise(student: Callable) -> bool:
+    """Chapter 6: ``student(gradients, clip_norm, noise_multiplier, generator)`` clips the global norm, then adds noise.
+
+    This is what :func:`gi_tutorial.defenses.local_gaussian` does to one client's update.
+    Checked: with no noise, the result equals ``local_gaussian(update, clip_norm, 0, ...)``
+    (norm at most the bound, direction kept); with noise, the added noise has mean 0 and
+    standard deviation ``noise_multiplier * clip_norm`` (a statistical test over every entry:
+    any way of drawing it from ``generator`` passes); the same generator seed gives the same
+    result; the input tensors are not changed.
     """
     from . import defenses
 
     for case in range(NUM_CASES):
-        model, updates = _random_clients(700 + case, num_clients=1)
+        _, updates = _random_clients(700 + case, num_clients=1)
         update = updates[0]
         norm = float(defenses.global_norm(update.gradients))
         clip_norm = norm * (0.3, 0.8, 1.5, 0.05, 3.0)[case]
         before = [g.clone() for g in update.gradients]
+        expected = defenses.local_gaussian(update, clip_norm, 0.0, torch.Generator().manual_seed(case)).gradients
         quiet = student(list(update.gradients), clip_norm, 0.0, torch.Generator().manual_seed(case))
-        expected = defenses.clip(update, clip_norm).gradients
-        assert len(quiet) == len(expected), f"clip and noise, case {case}: expected {len(expected)} tensors, got {len(quiet)}"
+        _require(
+            all(torch.equal(g, b) for g, b in zip(update.gradients, before)),
+            f"clip and noise, case {case}: the input gradients were changed in place",
+        )
+        _same_length("clip and noise", case, quiet, expected)
         for layer, (a, b) in enumerate(zip(quiet, expected)):
             _close(f"clip without noise (tensor {layer})", case, a, b, atol=1e-6 * max(1.0, clip_norm))
         z = (0.5, 1.0, 2.0, 0.1, 1.0)[case]
         noisy = student(list(update.gradients), clip_norm, z, torch.Generator().manual_seed(case))
         again = student(list(update.gradients), clip_norm, z, torch.Generator().manual_seed(case))
-        noise = torch.cat([(a - b).flatten() for a, b in zip(noisy, expected)]).double()
+        _same_length("clip and noise", case, noisy, expected)
+        noise = torch.cat([(torch.as_tensor(a) - b).flatten() for a, b in zip(noisy, expected)]).double()
         std, n = float(noise.std()), noise.numel()
-        assert abs(std / (z * clip_norm) - 1) < 0.05, (
+        # n > 60,000 entries: the sample sd is within 5% of the true one with overwhelming probability
+        _require(
+            abs(std / (z * clip_norm) - 1) < 0.05,
             f"clip and noise, case {case}: the noise's standard deviation is {std:.4g}, expected "
-            f"noise_multiplier * clip_norm = {z * clip_norm:.4g} (draw it after clipping, scaled by the bound)")
-        assert abs(float(noise.mean())) < 6 * z * clip_norm / n ** 0.5, f"clip and noise, case {case}: the noise is not centred"
-        assert all(torch.equal(a, b) for a, b in zip(noisy, again)), (
-            f"clip and noise, case {case}: the same generator seed gave different results: draw the noise from `generator`")
-        assert all(torch.equal(g, b) for g, b in zip(update.gradients, before)), (
-            f"clip and noise, case {case}: the input gradients were changed in place")
+            f"noise_multiplier * clip_norm = {z * clip_norm:.4g} (draw it after clipping, scaled by the bound)",
+        )
+        _require(
+            abs(float(noise.mean())) < 6 * z * clip_norm / n**0.5,
+            f"clip and noise, case {case}: the noise is not centred",
+        )
+        _require(
+            all(torch.equal(a, b) for a, b in zip(noisy, again)),
+            f"clip and noise, case {case}: the same generator seed gave different results: "
+            "draw the noise from `generator`",
+        )
+        _require(
+            all(torch.equal(g, b) for g, b in zip(update.gradients, before)),
+            f"clip and noise, case {case}: the input gradients were changed in place",
+        )
     return _passed("clip and noise", NUM_CASES)
 
 
 def check_schedule_epsilon(student: Callable) -> bool:
     """Chapter 6: ``student(noise_multiplier, num_clients, clients_per_round, rounds, delta)`` returns epsilon.
 
-    Compared with :func:`gi_tutorial.defenses.epsilon` (Opacus's RDP accountant; the PRV
-    accountant's answer is accepted too), within 1%.
+    One Poisson-subsampled Gaussian mechanism per round, with sampling rate
+    ``clients_per_round / num_clients``, composed over the rounds: the client-level epsilon of
+    central DP-FedAvg, :func:`gi_tutorial.defenses.central_epsilon` (add/remove adjacency).
+    Compared with its RDP accountant (its PRV accountant's answer is accepted too), within 1%.
     """
     from . import defenses
 
-    cases = [(1.0, 1000, 10, 100, 1e-5), (0.8, 500, 50, 40, 1e-4), (2.0, 10_000, 100, 1000, 1e-6),
-             (1.2, 100, 100, 10, 1e-3), (0.6, 2000, 20, 200, 1e-5)]
+    cases = [
+        (1.0, 1000, 10, 100, 1e-5),
+        (0.8, 500, 50, 40, 1e-4),
+        (2.0, 10_000, 100, 1000, 1e-6),
+        (1.2, 100, 100, 10, 1e-3),
+        (0.6, 2000, 20, 200, 1e-5),
+    ]
     for case, (z, n, m, t, delta) in enumerate(cases):
         got = float(student(z, n, m, t, delta))
-        references = {name: defenses.epsilon(z, m / n, t, delta, name) for name in ("rdp", "prv")}
-        assert any(abs(got / ref - 1) < 0.01 for ref in references.values()), (
+        schedule = defenses.FLSchedule(num_clients=n, clients_per_round=m, rounds=t, delta=delta)
+        references = {name: defenses.central_epsilon(z, schedule, accountant=name) for name in ("rdp", "prv")}
+        _require(
+            any(abs(got / ref - 1) < 0.01 for ref in references.values()),
             f"epsilon, case {case} (z={z}, {m} of {n} clients per round, {t} rounds, delta={delta}): got {got:.4g}, "
-            f"expected {references['rdp']:.4g} (RDP) or {references['prv']:.4g} (PRV)")
+            f"expected {references['rdp']:.4g} (RDP) or {references['prv']:.4g} (PRV)",
+        )
     return _passed("schedule epsilon", len(cases))
