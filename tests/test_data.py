@@ -1,5 +1,6 @@
 """gi_tutorial.data: offline sources, their order, errors, and the IDX reader; tools/debian_data.py installs
 Debian's Fashion-MNIST package (the library itself never runs a command)."""
+
 from __future__ import annotations
 
 import gzip
@@ -10,12 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
-import debian_data
 import numpy as np
 import pytest
 import torch
 import torchvision
 
+import debian_data
 from gi_tutorial import data, storage
 
 CIFAR10_FIRST_TEST_LABELS = [3, 8, 8, 0, 6]  # cat, ship, ship, airplane, frog
@@ -76,11 +77,14 @@ def test_unknown_dataset_names_the_valid_ones(empty_root):
     assert "imagenet" in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(split="validation"), "split"),
-    (dict(n=0), "n must be"),
-    (dict(n=-3), "n must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(split="validation"), "split"),
+        (dict(n=0), "n must be"),
+        (dict(n=-3), "n must be"),
+    ],
+)
 def test_bad_split_or_n(kwargs, match, empty_root):
     with pytest.raises(ValueError, match=match):
         data.load_dataset("cifar10", root=empty_root, allow_download=False, **kwargs)
@@ -232,8 +236,10 @@ def _sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 
 
-@pytest.mark.skipif(not (data.debian_fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not (data.debian_fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 @pytest.mark.skipif(data.foolbox_data_dir() is None, reason="foolbox is not installed")
 def test_debian_and_foolbox_fashion_mnist_agree():
     debian_images, debian_labels = data._from_debian_fashion_mnist("test")
@@ -246,9 +252,11 @@ def test_debian_and_foolbox_fashion_mnist_agree():
 
 # --- no system packages from the library; tools/debian_data.py installs Debian's where it can ----
 
+
 @pytest.fixture
 def fake_fashion_mnist_download(monkeypatch):
     """torchvision's Fashion-MNIST download fails at once, as offline (no network wait in a unit test)."""
+
     class Offline:
         def __init__(self, root, train=True, download=False):
             raise RuntimeError("offline" if download else "Dataset not found")
@@ -267,8 +275,11 @@ def test_ensure_installs_nothing_and_names_every_source(tmp_path, monkeypatch, f
         data.ensure("fashion_mnist:train", root=tmp_path / "data")
     lines = [line for line in str(err.value).splitlines() if line.startswith("  - ")]
     assert [line.split(":")[0] for line in lines] == [
-        f"  - torchvision files under {tmp_path / 'data'}", f"  - Debian dataset-fashion-mnist in {tmp_path / 'no-debian'}",
-        "  - the 20 test images in the foolbox==3.3.4 wheel", f"  - torchvision download into {tmp_path / 'data'}"]
+        f"  - torchvision files under {tmp_path / 'data'}",
+        f"  - Debian dataset-fashion-mnist in {tmp_path / 'no-debian'}",
+        "  - the 20 test images in the foolbox==3.3.4 wheel",
+        f"  - torchvision download into {tmp_path / 'data'}",
+    ]
     assert "apt-get install dataset-fashion-mnist" in str(err.value)  # it says how, and does not do it
     assert data.ensure("fashion_mnist:test:20", root=tmp_path / "data") == "already present"
 
@@ -279,9 +290,11 @@ ALLOWED_SUBPROCESS: set[str] = set()  # none: the library computes; the tools an
 def test_no_library_module_runs_commands():
     for module in Path(data.__file__).parent.glob("*.py"):
         text = module.read_text()
-        assert "apt-get\"" not in text and "\"apt-get" not in text, f"{module.name} builds an apt-get command"
-        assert not re.search(r"^\s*(import subprocess|from subprocess import)", text, re.MULTILINE) or \
-            module.name in ALLOWED_SUBPROCESS, f"{module.name} imports subprocess"
+        assert 'apt-get"' not in text and '"apt-get' not in text, f"{module.name} builds an apt-get command"
+        assert (
+            not re.search(r"^\s*(import subprocess|from subprocess import)", text, re.MULTILINE)
+            or module.name in ALLOWED_SUBPROCESS
+        ), f"{module.name} imports subprocess"
 
 
 @pytest.fixture
@@ -291,14 +304,18 @@ def hidden_fashion_mnist(tmp_path, monkeypatch):
 
 
 def test_debian_script_asks_only_for_missing_fashion_mnist(hidden_fashion_mnist):
-    assert debian_data.missing_fashion_mnist(["cifar10:test:20", "fashion_mnist:test:20", "fashion_mnist:train",
-                                              "mnist:test:5"]) == ["fashion_mnist:train"]
+    assert debian_data.missing_fashion_mnist(
+        ["cifar10:test:20", "fashion_mnist:test:20", "fashion_mnist:train", "mnist:test:5"]
+    ) == ["fashion_mnist:train"]
 
 
-@pytest.mark.parametrize("which, euid, expected", [
-    (None, 0, "apt-get not found"),
-    ("/usr/bin/apt-get", 1000, "not root"),
-])
+@pytest.mark.parametrize(
+    "which, euid, expected",
+    [
+        (None, 0, "apt-get not found"),
+        ("/usr/bin/apt-get", 1000, "not root"),
+    ],
+)
 def test_debian_script_does_not_install_where_it_cannot(which, euid, expected, monkeypatch):
     monkeypatch.setattr(debian_data.shutil, "which", lambda name: which)
     monkeypatch.setattr(debian_data.os, "geteuid", lambda: euid)
@@ -306,11 +323,14 @@ def test_debian_script_does_not_install_where_it_cannot(which, euid, expected, m
     assert expected in debian_data.install()
 
 
-@pytest.mark.parametrize("codes, commands, expected", [
-    ([0], [["install"]], "installed"),
-    ([100, 0, 0], [["install"], ["update"], ["install"]], "installed"),  # an unknown package: update, then again
-    ([100, 0, 100], [["install"], ["update"], ["install"]], "failed: E: Unable to locate package"),
-])
+@pytest.mark.parametrize(
+    "codes, commands, expected",
+    [
+        ([0], [["install"]], "installed"),
+        ([100, 0, 0], [["install"], ["update"], ["install"]], "installed"),  # an unknown package: update, then again
+        ([100, 0, 100], [["install"], ["update"], ["install"]], "failed: E: Unable to locate package"),
+    ],
+)
 def test_debian_script_installs_as_root(codes, commands, expected, monkeypatch, capsys, hidden_fashion_mnist):
     ran = []
 

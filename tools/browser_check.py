@@ -15,6 +15,7 @@ the tests run it on their quick build when Chromium is installed (``apt-get inst
 
     python tools/browser_check.py [HTML_DIR] [--screenshots DIR] [--pages GLOB]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,7 +84,9 @@ window.addEventListener('load', function () {
     while ((m = re.exec(text)) !== null && raw.length < 5) { raw.push(text.substr(Math.max(0, m.index - 30), 80)); }
     var maths = document.querySelectorAll('.math');
     var untypeset = 0;
-    maths.forEach(function (el) { if (!el.querySelector('mjx-container') && el.nodeName !== 'MJX-CONTAINER') { untypeset++; } });
+    maths.forEach(function (el) {
+      if (!el.querySelector('mjx-container') && el.nodeName !== 'MJX-CONTAINER') { untypeset++; }
+    });
     var images = [];
     document.querySelectorAll('img').forEach(function (img) {
       images.push({src: img.getAttribute('src'), ok: img.complete && img.naturalWidth > 0});
@@ -91,8 +94,10 @@ window.addEventListener('load', function () {
     var result = {
       mathjax: !!(window.MathJax && window.MathJax.version), mathjax_version: window.MathJax && window.MathJax.version,
       math_elements: maths.length, untypeset_math: untypeset, raw_math: raw,
-      images: images, widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
-      widgets_rendered: document.querySelectorAll('.widget-subarea, .jupyter-widgets.widget-container, .jupyter-widgets-view').length,
+      images: images,
+      widget_views: document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
+      widgets_rendered: document.querySelectorAll(
+        '.widget-subarea, .jupyter-widgets.widget-container, .jupyter-widgets-view').length,
       widget_manager: typeof window.require === 'function',
       errors: window.__probe.errors, failed: window.__probe.failed
     };
@@ -107,10 +112,21 @@ window.addEventListener('load', function () {
 });
 </script>"""
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--hide-scrollbars", "--mute-audio",
-                  "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"]  # no network but ours
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=127.0.0.1",
+]  # no network but ours
 
 
 def find_chromium() -> str | None:
@@ -135,8 +151,12 @@ def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 def _chromium(chromium: str, args: list[str], timeout: float) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:
-        return subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
 
 def probe_page(chromium: str, page: Path, html_dir: Path, base: str, budget_ms: int, timeout: float) -> dict:
@@ -153,8 +173,10 @@ def probe_page(chromium: str, page: Path, html_dir: Path, base: str, budget_ms: 
         probe.unlink()
     found = re.search(r'<pre id="__probe_result">(.*?)</pre>', done.stdout, re.DOTALL)
     if not found:
-        return {"fatal": "the page never finished loading (no probe result); chromium said: "
-                         + (done.stderr.strip().splitlines() or ["nothing"])[-1]}
+        return {
+            "fatal": "the page never finished loading (no probe result); chromium said: "
+            + (done.stderr.strip().splitlines() or ["nothing"])[-1]
+        }
     return json.loads(html.unescape(found[1]))
 
 
@@ -208,16 +230,22 @@ def main(argv: list[str]) -> int:
             problems = problems_of(result)
             shot = shots / (page.stem + ".png")
             url = f"{base}/{page.relative_to(html_dir).as_posix()}"
-            _chromium(chromium, [f"--virtual-time-budget={args.budget_ms}", f"--screenshot={shot}",
-                                 "--window-size=1280,1600", url], args.timeout)
+            _chromium(
+                chromium,
+                [f"--virtual-time-budget={args.budget_ms}", f"--screenshot={shot}", "--window-size=1280,1600", url],
+                args.timeout,
+            )
             name = page.relative_to(html_dir).as_posix()
             if problems:
                 failed += 1
                 print(f"FAIL {name}: " + "; ".join(problems))
             else:
-                print(f"ok   {name}: {result['math_elements']} math typeset (MathJax {result.get('mathjax_version', '-')}), "
-                      f"{len(result['images'])} images loaded, {result['widgets_rendered']} widget areas "
-                      f"for {result['widget_views']} saved views, no JS errors; screenshot {shot}")
+                print(
+                    f"ok   {name}: {result['math_elements']} math typeset "
+                    f"(MathJax {result.get('mathjax_version', '-')}), "
+                    f"{len(result['images'])} images loaded, {result['widgets_rendered']} widget areas "
+                    f"for {result['widget_views']} saved views, no JS errors; screenshot {shot}"
+                )
     finally:
         server.shutdown()
     print(f"browser check: {len(pages) - failed} of {len(pages)} pages passed")

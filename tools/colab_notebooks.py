@@ -17,6 +17,7 @@ Run this after editing a chapter:
 
     python tools/colab_notebooks.py [--check] [--out colab]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,10 +30,9 @@ from pathlib import Path
 import nbformat
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import sync_notebooks  # tools/ is on the path: the script's own folder, or pytest's pythonpath
 
-import sync_notebooks  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 OUT = ROOT / "colab"
@@ -51,7 +51,7 @@ SOLUTION_PREFIX = "Solution (double-click to show"
 SOLUTION_TITLE = SOLUTION_PREFIX + " the code)"
 ANSWER_TITLE = SOLUTION_PREFIX + " the answer)"  # a written solution, no code
 
-GLUE_RECORDER = '''#@title Numbers in the text: each **[name]** is shown by the cell after the code that computes it
+GLUE_RECORDER = """#@title Numbers in the text: each **[name]** is shown by the cell after the code that computes it
 # The book typesets these numbers inside its prose (myst-nb's glue); here the chapter's
 # viz.glue calls are recorded, and show_numbers displays the ones the next paragraph uses.
 from IPython.display import Markdown, display
@@ -82,13 +82,27 @@ def show_numbers(*names_and_formats):
         except (TypeError, ValueError):
             text = str(value)
         lines.append(f"**[{name}]** = {text}")
-    display(Markdown("  \\n".join(lines)))'''
+    display(Markdown("  \\n".join(lines)))"""
 
 
 # ---------------------------------------------------------------- citations
 
-_ACCENTS = {'\\"o': "ö", '\\"u': "ü", '\\"a': "ä", "\\'e": "é", "\\`e": "è", "\\'a": "á", "\\'i": "í",
-            "\\~n": "ñ", "\\c{c}": "ç", "\\o": "ø", "\\'o": "ó", '\\"O': "Ö", '\\"U': "Ü", "\\ss": "ß"}
+_ACCENTS = {
+    '\\"o': "ö",
+    '\\"u': "ü",
+    '\\"a': "ä",
+    "\\'e": "é",
+    "\\`e": "è",
+    "\\'a": "á",
+    "\\'i": "í",
+    "\\~n": "ñ",
+    "\\c{c}": "ç",
+    "\\o": "ø",
+    "\\'o": "ó",
+    '\\"O': "Ö",
+    '\\"U': "Ü",
+    "\\ss": "ß",
+}
 
 
 def _detex(text: str) -> str:
@@ -112,7 +126,7 @@ def read_bib(path: Path = ROOT / "references.bib") -> dict[str, dict[str, str]]:
         else:
             raise ValueError(f"unterminated BibTeX entry {key}")
         for field in re.finditer(r"(\w+)\s*=\s*", body):
-            rest = body[field.end():]
+            rest = body[field.end() :]
             if rest.startswith("{"):
                 level = 0
                 for j, ch in enumerate(rest):
@@ -121,7 +135,7 @@ def read_bib(path: Path = ROOT / "references.bib") -> dict[str, dict[str, str]]:
                         fields[field[1].lower()] = rest[1:j]
                         break
             elif rest.startswith('"'):
-                fields[field[1].lower()] = rest[1:rest.index('"', 1)]
+                fields[field[1].lower()] = rest[1 : rest.index('"', 1)]
             else:
                 fields[field[1].lower()] = re.match(r"[^,\n]*", rest)[0].strip()
         entries[key] = fields
@@ -162,6 +176,7 @@ def format_citation(kind: str | None, keys: str, bib: dict) -> str:
 
 
 # ---------------------------------------------------------------- Markdown
+
 
 def _comment(text: str) -> str:
     return "\n".join(("# " + line).rstrip() for line in text.strip("\n").splitlines())
@@ -221,6 +236,7 @@ def leftover_myst(markdown: str) -> list[str]:
 
 # ---------------------------------------------------------------- notebook
 
+
 def _glue_cells(cells) -> dict[str, int]:
     """name -> index of the last code cell that glues it literally (``viz.glue("name", ...)``)."""
     where = {}
@@ -254,8 +270,8 @@ def convert(nb: nbformat.NotebookNode, stem: str, bib: dict, config: dict) -> nb
             continue
         position = 0
         for m in SOLUTION_GATE.finditer(cell.source):
-            if cell.source[position:m.start()].strip():
-                pieces.append(("md", cell.source[position:m.start()].strip("\n"), i))
+            if cell.source[position : m.start()].strip():
+                pieces.append(("md", cell.source[position : m.start()].strip("\n"), i))
             pieces.append((m[1], None, i))
             position = m.end()
         if cell.source[position:].strip():
@@ -300,13 +316,13 @@ def convert(nb: nbformat.NotebookNode, stem: str, bib: dict, config: dict) -> nb
             md = payload
             solution_blocks = []
 
-            def take_solution(m: re.Match) -> str:  # a ```{solution} directive: Markdown-only answer
+            def take_solution(m: re.Match, blocks: list = solution_blocks) -> str:  # a ```{solution}: written answer
                 if m[2] != "solution":
                     return m[0]
                 lines = m[4].split("\n")
                 while lines and re.match(r"^:[\w-]+:", lines[0]):
                     lines.pop(0)
-                solution_blocks.append(convert_markdown("\n".join(lines), bib, context))
+                blocks.append(convert_markdown("\n".join(lines), bib, context))
                 return ""
 
             md = FENCE_DIRECTIVE.sub(take_solution, md).strip("\n")
@@ -347,23 +363,33 @@ def convert(nb: nbformat.NotebookNode, stem: str, bib: dict, config: dict) -> nb
                 f"[{config.get('title', 'gi-tutorial')}]({repo['url']}), generated from `book/{stem}.ipynb` by "
                 "`tools/colab_notebooks.py` (edit the book's notebook, not this file). Run the cells in order. "
                 "Where the book shows a computed number inside the text, this copy shows **[its name]**, "
-                "and the small cell after the code that computes it displays the value.*")
+                "and the small cell after the code that computes it displays the value.*"
+            )
             note.id = new_id("md")
             emit(index + 0.1, note)
             if uses_glue:
-                emit(index + 0.2, _form_cell(GLUE_RECORDER.split("\n", 1)[0][len(FORM_TITLE):],
-                                             GLUE_RECORDER.split("\n", 1)[1], new_id("glue")))
+                emit(
+                    index + 0.2,
+                    _form_cell(
+                        GLUE_RECORDER.split("\n", 1)[0][len(FORM_TITLE) :],
+                        GLUE_RECORDER.split("\n", 1)[1],
+                        new_id("glue"),
+                    ),
+                )
     if inside:
         raise ValueError(f"{stem}: a solution is never ended")
 
     result = nbformat.v4.new_notebook()
-    result.metadata = {"kernelspec": dict(nb.metadata.get("kernelspec", {})),
-                       "language_info": {"name": "python"},
-                       "colab": {"provenance": [], "toc_visible": True}}
+    result.metadata = {
+        "kernelspec": dict(nb.metadata.get("kernelspec", {})),
+        "language_info": {"name": "python"},
+        "colab": {"provenance": [], "toc_visible": True},
+    }
     result.cells = [cell for _, _, cell in sorted(out, key=lambda t: (t[0], t[1]))]
     # drop the book's own badge cell (its image path is relative to book/): the note above replaces it
-    result.cells = [c for c in result.cells
-                    if not (c.cell_type == "markdown" and sync_notebooks.BADGE_IMAGE in c.source)]
+    result.cells = [
+        c for c in result.cells if not (c.cell_type == "markdown" and sync_notebooks.BADGE_IMAGE in c.source)
+    ]
     for cell in result.cells:
         if cell.cell_type == "markdown" and leftover_myst(cell.source):
             raise ValueError(f"{stem}: MyST left in the Colab copy: {leftover_myst(cell.source)}")
@@ -401,8 +427,9 @@ def main(argv: list[str]) -> int:
         if not args.check:
             out.mkdir(parents=True, exist_ok=True)
             target.write_text(text, encoding="utf-8")
-    extra = sorted(p.name for p in out.glob("*.ipynb") if p.name not in {c.name for c in chapters}) \
-        if out.exists() else []
+    extra = (
+        sorted(p.name for p in out.glob("*.ipynb") if p.name not in {c.name for c in chapters}) if out.exists() else []
+    )
     if args.check:
         if stale or extra:
             print("Colab copies out of date (run python tools/colab_notebooks.py):", ", ".join(stale + extra))

@@ -12,6 +12,7 @@ leaves the verdict to ``--ensure``.
 
     python tools/debian_data.py fashion_mnist:train fashion_mnist:test cifar10:test:20
 """
+
 from __future__ import annotations
 
 import os
@@ -46,8 +47,11 @@ def install() -> str:
         return f"not root: as root, `apt-get install {PACKAGE}`"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     done = None
-    for command in (["apt-get", "install", "-y", "-qq", PACKAGE], ["apt-get", "update", "-qq"],
-                    ["apt-get", "install", "-y", "-qq", PACKAGE]):
+    for command in (
+        ["apt-get", "install", "-y", "-qq", PACKAGE],
+        ["apt-get", "update", "-qq"],
+        ["apt-get", "install", "-y", "-qq", PACKAGE],
+    ):
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if command[1] == "install" and done.returncode == 0:
             return "installed"

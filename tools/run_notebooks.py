@@ -7,6 +7,7 @@ a folder of submissions:
 
     GI_TUTORIAL_QUICK=1 python tools/run_notebooks.py student/*.ipynb --allow NotImplementedError
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ import nbformat
 @dataclass
 class Run:
     """One executed notebook: the notebook with outputs, the errors (cell index, name, message), the time."""
+
     notebook: nbformat.NotebookNode
     errors: list[tuple[int, str, str]] = field(default_factory=list)
     seconds: float = 0.0
@@ -33,8 +35,13 @@ def execute(path: Path, env: dict[str, str] | None = None, timeout: int = 600, c
 
     nb = nbformat.read(path, as_version=4)
     kernel_env = dict(os.environ, **(env or {}))
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                            resources={"metadata": {"path": str(cwd or path.parent)}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        allow_errors=True,
+        resources={"metadata": {"path": str(cwd or path.parent)}},
+    )
     start = time.perf_counter()
     client.execute(env=kernel_env)
     run = Run(nb, seconds=time.perf_counter() - start)

@@ -7,6 +7,7 @@ copies, so a page renders its math and saved widgets with no network, offline or
 public site alike. The folder is added here rather than through ``_static/``, because
 Jupyter Book adds every ``.js`` under a ``_static/`` folder to every page.
 """
+
 from __future__ import annotations
 
 import json

@@ -15,6 +15,7 @@ Instructor notes for the open exercises (those without a checker) are in
 
     python tools/student_notebooks.py [--out student]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,10 @@ INSTRUCTOR_TAG = "instructor"
 def answer_stub(codes: list[str], label: str | None) -> str:
     """The answer cell for a solution made of these code cells: imports, and each function as a stub."""
     which = f" (exercise {label})" if label else ""
-    lines = [f"# Your answer{which}: replace each `raise NotImplementedError` with your code,",
-             "# then run the checker cell below."]
+    lines = [
+        f"# Your answer{which}: replace each `raise NotImplementedError` with your code,",
+        "# then run the checker cell below.",
+    ]
     defined = False
     for code in codes:
         try:
@@ -64,7 +67,7 @@ def _split_markdown(source: str):
     """Pieces of a Markdown cell: ("md", text) and ("start"/"end", label) in order."""
     position = 0
     for match in DIRECTIVE.finditer(source):
-        yield "md", source[position:match.start()]
+        yield "md", source[position : match.start()]
         label = re.search(r"\{solution-start\}\s*(\S+)", match[0])
         yield match[1], label[1] if label else None
         position = match.end()
@@ -135,8 +138,10 @@ def exercises(nb: nbformat.NotebookNode) -> dict[str, dict]:
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     for match in EXERCISE.finditer(text):
         checker = re.search(r"exercises\.(check_\w+)", match[2])
-        found[match[1]] = {"checker": checker[1] if checker else None,
-                           "solution": bool(re.search(r"\{solution(-start)?\}\s*" + re.escape(match[1]) + r"\b", text))}
+        found[match[1]] = {
+            "checker": checker[1] if checker else None,
+            "solution": bool(re.search(r"\{solution(-start)?\}\s*" + re.escape(match[1]) + r"\b", text)),
+        }
     return found
 
 

@@ -10,6 +10,7 @@ changing the URL or adding a chapter; ``--check`` exits 1 when a notebook is out
 
     python tools/sync_notebooks.py [--check]
 """
+
 from __future__ import annotations
 
 import sys
@@ -24,14 +25,14 @@ BADGE_TAG = "colab-badge"
 BADGE_IMAGE = "figures/open-in-colab.svg"  # relative to book/; the Colab copies use Colab's own badge
 COLAB = "https://colab.research.google.com/github"
 
-TEMPLATE = '''# Colab only: install gi_tutorial (Colab's own torch is kept, never reinstalled).
+TEMPLATE = """# Colab only: install gi_tutorial (Colab's own torch is kept, never reinstalled).
 import sys
 
 if "google.colab" in sys.modules:
     import subprocess
 
     subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "gi-tutorial[offline] @ git+{url}@{branch}"], check=True)'''
+                    "gi-tutorial[offline] @ git+{url}@{branch}"], check=True)"""
 
 
 def install_cell_source(config_path: Path = ROOT / "_config.yml") -> str:

@@ -14,6 +14,7 @@ their sha256). The book's small Sphinx extension, ``tools/sphinx_vendor.py``, co
   saved widget state (ipywidgets 8), and the icon fonts it references;
 - ``requirejs`` (MIT): the AMD loader the widget bundle needs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,12 @@ PACKAGES = {
     "mathjax": {
         "version": "3.2.2",
         "folder": "mathjax",
-        "files": ["es5/tex-chtml.js", "es5/output/chtml/fonts/woff-v2/*.woff", "es5/input/tex/extensions/*.js",
-                  "LICENSE"],
+        "files": [
+            "es5/tex-chtml.js",
+            "es5/output/chtml/fonts/woff-v2/*.woff",
+            "es5/input/tex/extensions/*.js",
+            "LICENSE",
+        ],
         "strip": "es5/",
     },
     "@jupyter-widgets/html-manager": {
@@ -84,8 +89,9 @@ def _sha256(path: Path) -> str:
 
 def _pack(name: str, version: str, workdir: Path) -> tuple[Path, dict]:
     """``npm pack name@version`` into workdir; the unpacked ``package/`` folder and npm's record."""
-    done = subprocess.run(["npm", "pack", "--json", f"{name}@{version}"], cwd=workdir, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        ["npm", "pack", "--json", f"{name}@{version}"], cwd=workdir, capture_output=True, text=True, check=True
+    )
     record = json.loads(done.stdout)[0]
     folder = workdir / record["filename"].removesuffix(".tgz")
     with tarfile.open(workdir / record["filename"]) as tar:
@@ -115,8 +121,11 @@ def vendor(out: Path = VENDOR) -> dict:
                 (target / "LICENSE").write_text(spec["license"])
                 files["LICENSE"] = _sha256(target / "LICENSE")
             manifest["packages"][name] = {
-                "version": spec["version"], "folder": spec["folder"], "integrity": record.get("integrity"),
-                "license": json.loads((package / "package.json").read_text()).get("license"), "files": files,
+                "version": spec["version"],
+                "folder": spec["folder"],
+                "integrity": record.get("integrity"),
+                "license": json.loads((package / "package.json").read_text()).get("license"),
+                "files": files,
             }
     (out / "MANIFEST.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
