@@ -23,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+import warnings
 
 import torch
 
@@ -38,7 +39,9 @@ def ray_start_seconds() -> float:
     import ray
 
     start = time.perf_counter()
-    ray.init(**flower.CHEAP_BACKEND["init_args"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module="ray")  # as flower.simulate does
+        ray.init(**flower.CHEAP_BACKEND["init_args"])
     ray.shutdown()
     return time.perf_counter() - start
 
