@@ -9,7 +9,8 @@ share an image). Every group runs chapter 5's battery (:func:`gi_tutorial.giml.p
 budget ``attacks.BUDGETS["ch5"]``): GI-x, then GI-z and GIAS through each prior of
 :data:`gi_tutorial.giml.PRIORS`, and the floors (the label-only guess, a random sample of each
 prior). Then the series of inversions: GI-z and GIAS through every shipped GIML snapshot on
-victim S's batch-8 groups (the step-600 snapshot is the table's "GIML"). Labels and batch size
+victim S's batch-8 groups (step 0 is the table's "untrained" prior, of which the step-0 snapshot is
+a float16 copy, and the last snapshot is its "GIML"). Labels and batch size
 are shared, as in chapters 3 and 4. The per-run rows ship with their provenance; the chapter
 draws them and re-runs a slice.
 """
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             storage.save_results(TABLE, tally.to_json(), **provenance(command, CASES, args.seeds, budget,
                                                                        giml_files(), seconds))
             print(f"victim {victim}, batch {batch}, seed {seed}: {seconds:.0f} s", flush=True)
-    steps = [s for s in giml.shipped_steps() if s != giml.shipped_steps()[-1]]
+    steps = giml.shipped_steps()[1:-1]  # step 0 is the untrained generator, the last is the table's GIML
     if not args.skip_snapshots:
         snapshots = {f"step {s}": giml.load_snapshot(s) for s in steps}
         recipes = [attacks.gias_attack(budget, name, name=f"GIAS ({name})", latent_name=f"GI-z ({name})")

@@ -319,6 +319,11 @@ def prior_battery(budget: attacks.Budget, names: Sequence[str] = PRIORS, *, gi_x
 
 
 SCORES = {"identified": (0.05, "", "{:.0%}"), "psnr": (1.0, " dB", "{:.1f}")}  # metric: (margin, unit, format)
+CLAIMS = (  # chapter 5's verdicts, each checked on held-out seeds and images by benchmarks/verify_ch5.py
+    ("GIAS (GIML)", "GIAS (untrained)"),  # does the learned prior help the attack?
+    ("GI-z (GIML)", "GI-z (untrained)"),  # ... the prior itself?
+    ("GIAS (GIML)", "GIAS (non-meta)"),  # is meta-learning needed?
+)
 
 
 def compare(tally: stats.Tally, a: str, b: str, **where) -> dict[str, tuple[stats.Paired, str]]:
@@ -338,6 +343,28 @@ def compare(tally: stats.Tally, a: str, b: str, **where) -> dict[str, tuple[stat
 def outcome(result: stats.Paired) -> Literal["ahead", "behind", "no clear winner"]:
     """A paired comparison's verdict in one word: what :func:`~gi_tutorial.stats.compare` says in a sentence."""
     return "ahead" if result.holds else "behind" if result.reversed else "no clear winner"
+
+
+def still_holds(claimed: stats.Paired, check: stats.Paired) -> bool:
+    """Whether a check on other seeds and images bears out a claimed verdict.
+
+    "Ahead" and "behind" must be found again. "No clear winner" holds unless the check finds a clear
+    winner against the direction of the claim's mean gap (a clear winner in its direction only
+    sharpens it).
+    """
+    said, found = outcome(claimed), outcome(check)
+    if said != "no clear winner":
+        return found == said
+    return found != ("behind" if claimed.gap.mean >= 0 else "ahead")
+
+
+def target_met(tally: stats.Tally, **where) -> tuple[bool, float, float]:
+    """Chapter 5's target where a prior matters: GIAS with the GIML prior identifies at least 15 points more
+    images than with the untrained prior, and at least as many as with the non-meta baseline (mean paired
+    gaps). Returns whether it is met and the two gaps."""
+    more = tally.paired("GIAS (GIML)", "GIAS (untrained)", "identified", **where).gap.mean
+    versus = tally.paired("GIAS (GIML)", "GIAS (non-meta)", "identified", **where).gap.mean
+    return more >= 0.15 and versus >= 0, more, versus
 
 
 def main(argv: list[str] | None = None) -> int:

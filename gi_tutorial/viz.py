@@ -354,7 +354,6 @@ def prior_dotplot(tally, cases: Sequence[tuple[str, int]], priors: Sequence[str]
                 ax.axvline(s.mean, ls=style, lw=1, color=color,
                            label=f"{method}{' (no gradient)' if method == floor else ''}")
             ax.set_yticks(range(len(priors)), priors)
-            ax.invert_yaxis()
             ax.set_xlabel(label)
             ax.grid(axis="x", alpha=0.3)
             if metric == "identified":
@@ -362,6 +361,7 @@ def prior_dotplot(tally, cases: Sequence[tuple[str, int]], priors: Sequence[str]
             if r == 0:
                 n = len(tally.values(metric, victim=victim, batch=batch, method=reference))
                 ax.set_title(f"victim {victim}, batch {batch} (n = {n})", fontsize=9)
+    axes[0][0].invert_yaxis()  # the axes share y: invert once, so the first prior is on top
     handles, labels = axes[0][-1].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), bbox_to_anchor=(0.5, -0.02))
     fig.tight_layout(rect=(0, 0.06, 1, 1))
@@ -469,3 +469,115 @@ def signals_figure(signals: dict[str, Any], size: tuple[float, float] = (10.0, 2
         ax.set_xlabel("entry")
     fig.tight_layout()
     return fig
+
+
+def leakage_figure(tally, ratio: dict[tuple[str, int], float], methods: Sequence[str], floors: Sequence[str] = (),
+                   metrics: dict[str, str] | None = None, size: tuple[float, float] = (3.1, 2.7),
+                   xlabel: str = "unknown pixels / independent gradient entries") -> plt.Figure:
+    """Chapter 4's central figure: scores against unknowns per independent equation, one victim per colour.
+
+    One column per method, one row per metric (``metrics`` maps a tally metric to its axis label;
+    ``"identified"`` and names starting with it are drawn as percentages). In every panel, each victim
+    (the tally's ``victim`` key, at ``ratio[(victim, batch)]``) has its per-seed runs as faint points
+    and their mean ± sd (ddof = 1) as a line with error bars, each mean labelled with its batch size.
+    The ``floors`` (methods that use no gradient) are grey lines at their mean over every case, and a
+    dashed line marks a ratio of 1, above which the problem is under-determined by count.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, PercentFormatter
+
+    from .stats import mean_sd
+
+    metrics = metrics or {"psnr": "PSNR (dB, capped at 40)", "identified": "identified"}
+    victims = tally.levels("victim")
+    styles = {v: (f"C{k}", "osD^v"[k % 5]) for k, v in enumerate(victims)}
+    floor_styles = ["-", ":", "-."]
+    xs_all = [ratio[key] for key in ratio]
+    lo, hi = min(xs_all) / 1.6, max(max(xs_all) * 1.6, 1.3)  # the line at ratio 1 always shows
+    ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if lo <= t <= hi]
+    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(size[0] * len(methods), size[1] * len(metrics) + 0.6),
+                             sharex=True, sharey="row", squeeze=False)
+    for r, (metric, label) in enumerate(metrics.items()):
+        percent = metric.startswith("identified")
+        for c, method in enumerate(methods):
+            ax = axes[r, c]
+            for k, floor in enumerate(floors):
+                values = tally.values(metric, method=floor)
+                if values:
+                    ax.axhline(mean_sd(values).mean, color="0.45", ls=floor_styles[k % 3], lw=1.2)
+            ax.axvline(1.0, color="0.3", ls=(0, (4, 3)), lw=0.8)
+            for victim in victims:
+                color, marker = styles[victim]
+                batches = sorted(b for b in tally.select(victim=victim, method=method).levels("batch")
+                                 if tally.values(metric, victim=victim, method=method, batch=b))
+                xs, means, sds = [], [], []
+                for b in batches:
+                    values = tally.values(metric, victim=victim, method=method, batch=b)
+                    x = ratio[(victim, b)]
+                    ax.scatter([x] * len(values), values, s=9, color=color, alpha=0.3, linewidths=0)
+                    s = mean_sd(values)
+                    xs.append(x)
+                    means.append(s.mean)
+                    sds.append(0.0 if math.isnan(s.sd) else s.sd)
+                    ax.annotate(str(b), (x, s.mean), xytext=(4, 3), textcoords="offset points", fontsize=8,
+                                color=color, fontweight="bold")
+                if xs:
+                    ax.errorbar(xs, means, yerr=sds, color=color, marker=marker, ms=4.5, lw=1.3, capsize=2.5)
+            ax.set_xscale("log")
+            ax.set_xlim(lo, hi)
+            ax.xaxis.set_major_locator(FixedLocator(ticks))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.tick_params(labelsize=9)
+            ax.grid(alpha=0.25)
+            if percent:
+                ax.set_ylim(-0.04, 1.04)
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+            if r == 0:
+                ax.set_title(method, fontsize=11)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=10)
+    handles = [Line2D([], [], color=styles[v][0], marker=styles[v][1], lw=1.3, label=f"victim {v}") for v in victims]
+    handles += [Line2D([], [], color="0.45", ls=floor_styles[k % 3], lw=1.2, label=f"{f} (no gradient)")
+                for k, f in enumerate(floors)]
+    handles.append(Line2D([], [], color="0.3", ls=(0, (4, 3)), lw=0.8, label="ratio 1: under-determined by count"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False,
+               title="numbers at the points: batch size; faint points: one seed each", title_fontsize=9)
+    bottom = 0.15 if len(metrics) > 1 else 0.25
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.text(0.5, bottom - 0.01, xlabel, ha="center", va="top", fontsize=10)
+    return fig
+
+
+def settings_table(tally, settings: Sequence[dict[str, Any]], methods: Sequence[str], metrics: dict[str, str],
+                   extra: dict[str, Sequence[Any]] | None = None, setting_header: str = "setting"):
+    """A Markdown table with one row per setting (a dict of tally keys, e.g. ``{"victim": "S", "batch": 16}``) and
+    one column per method; each cell holds the metrics as mean ± sd (ddof = 1), joined by " · " (``metrics`` maps a
+    metric to a format such as ``"{:.1f} dB"`` or ``"{:.0%}"``), and each row its number of runs n. ``extra`` adds
+    columns before the methods (header -> one value per setting, e.g. the ratio of unknowns to equations)."""
+    from .stats import mean_sd
+
+    def cell(method: str, where: dict[str, Any]) -> str:
+        parts = []
+        for metric, fmt in metrics.items():
+            values = tally.values(metric, method=method, **where)
+            if values:
+                s = mean_sd(values)
+                number, _, unit = fmt.partition("} ")
+                number = number + "}" if unit else fmt
+                spread = "" if math.isnan(s.sd) else " ± " + number.format(s.sd).rstrip("%")
+                parts.append(number.format(s.mean).rstrip("%") + spread + ("%" if "%" in number else "")
+                             + (" " + unit if unit else ""))
+        return " · ".join(parts) if parts else "–"
+
+    extra = extra or {}
+    columns = {"setting": setting_header, **{f"x{k}": h for k, h in enumerate(extra)},
+               **{f"m{k}": m for k, m in enumerate(methods)}, "n": "n"}
+    rows = []
+    for i, where in enumerate(settings):
+        row = {"setting": ", ".join(f"{k} {v}" for k, v in where.items())}
+        row.update({f"x{k}": values[i] for k, values in enumerate(extra.values())})
+        row.update({f"m{k}": cell(m, where) for k, m in enumerate(methods)})
+        row["n"] = len(tally.values(next(iter(metrics)), method=methods[0], **where))
+        rows.append(row)
+    return markdown_table(rows, columns, formats={"n": "{:d}", **{f"x{k}": "{:.2f}" for k in range(len(extra))}})
