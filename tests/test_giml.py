@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from gi_tutorial import analytic, data, fl, generators, giml, invert, models, spaces
+from gi_tutorial import analytic, data, fl, generators, giml, invert, models, spaces, stats
 
 TINY = giml.InnerSettings(latent_iters=30, latent_lr=0.05, weight_iters=40, weight_lr=1e-3)
 
@@ -252,3 +252,38 @@ def test_a_task_whose_search_diverges_moves_nothing(private, victim):
     assert run is None  # the latent search diverged: no run to build on
     assert all(torch.equal(a, b) for a, b in zip(w.parameters(), w_prime.parameters()))
     assert w_prime is not w
+
+
+def test_chapter_priors_load_hash_checked_with_what_they_were_learned_from():
+    from gi_tutorial import threats
+
+    priors = giml.priors()
+    assert list(priors) == list(giml.PRIORS)
+    learned = {"untrained": "nothing", "GIML": "gradients", "GIML, batch-4 stream": "gradients",
+               "non-meta": "gradients", "DCGAN": "data"}
+    for name, g in priors.items():
+        assert g.trained_on == learned[name], name
+        expected = threats.DATA_ENHANCED if name == "DCGAN" else threats.PARAMETER_AWARE
+        assert threats.threat_model_for(g) == expected, name
+    with pytest.raises(ValueError, match="unknown priors"):
+        giml.priors(["GIML", "StyleGAN"])
+    names = [r.name for r in giml.prior_battery(giml.attacks.BUDGETS["ch5"], ("untrained", "GIML"))]
+    assert names == ["GI-x", "GIAS (untrained)", "GIAS (GIML)", "sample (untrained)", "sample (GIML)", "label only"]
+
+
+def test_verdicts_on_both_scores_and_whether_a_check_bears_them_out():
+    tally = stats.Tally(("seed", "method"))
+    for seed, (a, b) in enumerate([(0.75, 0.5), (0.875, 0.625), (0.625, 0.5)]):
+        tally.add(seed=seed, method="GIAS (GIML)", identified=a, psnr=20.0 + seed)
+        tally.add(seed=seed, method="GIAS (untrained)", identified=b, psnr=20.5 + seed)
+        tally.add(seed=seed, method="GIAS (non-meta)", identified=a, psnr=20.0)
+    verdict = giml.compare(tally, "GIAS (GIML)", "GIAS (untrained)")
+    assert giml.outcome(verdict["identified"][0]) == "ahead" and verdict["identified"][1].endswith("GIAS (GIML) wins")
+    assert giml.outcome(verdict["psnr"][0]) == "no clear winner"  # 0.5 dB behind: inside the 1 dB margin
+    assert giml.target_met(tally) == (True, pytest.approx(0.20833, abs=1e-4), 0.0)
+    ahead, behind, level = (stats.paired(x, y, margin=0.05) for x, y in
+                            (([0.8, 0.9], [0.5, 0.6]), ([0.5, 0.6], [0.8, 0.9]), ([0.6, 0.55], [0.5, 0.6])))
+    assert giml.still_holds(ahead, ahead) and not giml.still_holds(ahead, level)
+    assert not giml.still_holds(behind, ahead)
+    assert giml.still_holds(level, level) and giml.still_holds(level, ahead)  # level with a gap of +2.5 points: ahead sharpens it
+    assert not giml.still_holds(level, behind)  # ... and behind contradicts its direction
