@@ -44,6 +44,7 @@ Flower's telemetry (a report of every run to flower.ai) is switched off here:
 ``FLWR_TELEMETRY_ENABLED=0`` unless the environment sets it. A textbook on privacy does not
 report its readers' runs.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,7 +55,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
@@ -63,7 +64,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read once, when Flower i
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod  # noqa: E402
 from flwr.serverapp import Grid, ServerApp  # noqa: E402
@@ -75,13 +76,14 @@ from flwr.serverapp.strategy import (  # noqa: E402
 )
 from flwr.supercore import telemetry as _telemetry  # noqa: E402
 
-from . import defenses, fl, models  # noqa: E402
+from . import defenses, fl, models, stats  # noqa: E402
 from .config import set_threads  # noqa: E402
 
 # Flower reads the switch once, at its import: honour it here too if Flower was imported before this module
 _telemetry.FLWR_TELEMETRY_ENABLED = os.environ["FLWR_TELEMETRY_ENABLED"]
 
 LR_KEY = "lr"  # the train config's learning rate, which the server sets and uses to recover gradients
+SEED_KEY = "seed"  # the train config's seed of a deployment (the clients' mods draw their noise from it)
 SHARED_KEY = "shared"  # the reply's ConfigRecord with what the threat model shares besides the update
 NUM_EXAMPLES_KEY = "num-examples"  # FedAvg's weight: here the batch size
 DPKind = Literal["none", "server_clip", "client_clip", "local"]
@@ -91,13 +93,19 @@ Adjacency = Literal["add_remove", "replace_one"]
 # compete for the cores, and each costs a process start. No dashboard; Ray's own logs at ERROR.
 CHEAP_BACKEND: dict[str, dict[str, Any]] = {
     "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-    "init_args": {"num_cpus": 1, "num_gpus": 0, "include_dashboard": False,
-                  "logging_level": "ERROR", "log_to_driver": False},
+    "init_args": {
+        "num_cpus": 1,
+        "num_gpus": 0,
+        "include_dashboard": False,
+        "logging_level": "ERROR",
+        "log_to_driver": False,
+    },
 }
 
 
-def make_shards(images: torch.Tensor, labels: torch.Tensor, num_clients: int, shard_size: int,
-                seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def make_shards(
+    images: torch.Tensor, labels: torch.Tensor, num_clients: int, shard_size: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Split a dataset into ``num_clients`` disjoint random shards of ``shard_size`` images each.
 
     The images are kept as 8-bit integers, the datasets' own precision (:func:`client_batch`
@@ -112,20 +120,24 @@ def make_shards(images: torch.Tensor, labels: torch.Tensor, num_clients: int, sh
     if num_clients < 1 or shard_size < 1:
         raise ValueError(f"need at least one client and one image per shard, got {num_clients} and {shard_size}")
     if num_clients * shard_size > images.shape[0]:
-        raise ValueError(f"{num_clients} shards of {shard_size} images need {num_clients * shard_size} images, "
-                         f"got {images.shape[0]}")
+        raise ValueError(
+            f"{num_clients} shards of {shard_size} images need {num_clients * shard_size} images, got {images.shape[0]}"
+        )
     order = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))
     chosen = order[: num_clients * shard_size]
     as_bytes = (images[chosen] * 255).round().clamp(0, 255).to(torch.uint8)
     if not torch.equal(as_bytes.float() / 255, images[chosen]):
-        raise ValueError("the shards keep images as 8-bit values: expected images in [0, 1] that are multiples of "
-                         "1/255, as the data module loads them")
+        raise ValueError(
+            "the shards keep images as 8-bit values: expected images in [0, 1] that are multiples of "
+            "1/255, as the data module loads them"
+        )
     rows = torch.arange(num_clients * shard_size).view(num_clients, shard_size)
     return [(as_bytes[idx], labels[chosen][idx]) for idx in rows]
 
 
-def client_batch(shard: tuple[torch.Tensor, torch.Tensor], server_round: int,
-                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def client_batch(
+    shard: tuple[torch.Tensor, torch.Tensor], server_round: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch a client trains on in a round: the round's ``batch_size`` images of its shard, in
     turn (round 1 takes the first ones), as float images in [0, 1]."""
     images, labels = shard
@@ -152,6 +164,7 @@ def client_app(
     batch_size: int = 4,
     share_labels: bool = True,
     mods: Sequence[Callable] = (),
+    routes: Mapping[str, Sequence[Callable]] | None = None,
     seed: int = 0,
 ) -> ClientApp:
     """A Flower ``ClientApp`` of FedSGD clients, each holding one private shard.
@@ -169,15 +182,22 @@ def client_app(
         in_channels: the images' channels.
         batch_size: images per round and client.
         share_labels: whether the reply carries the labels (the book's threat model).
-        mods: Flower mods around the client, e.g. ``[fixedclipping_mod]`` or ``[LocalDpMod(...)]``
-            (:meth:`DPConfig.mods` gives them).
-        seed: seeds the NumPy noise of the mods, per round and client.
+        mods: Flower mods around the client's train function, e.g. ``[fixedclipping_mod]`` or
+            ``[LocalDpMod(...)]`` (:meth:`DPConfig.mods` gives them).
+        routes: more names for the same train function, each with its own mods, as Flower
+            routes messages: a message of type ``"train.<name>"`` reaches the function registered
+            as ``@app.train("<name>", mods=...)`` (:class:`Routed` sends them). One simulation can
+            so run several DP options (:func:`run_deployments`).
+        seed: seeds the NumPy noise of the mods, per round and client, unless the train config
+            carries its own ``"seed"``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    app = ClientApp(mods=list(mods))
+    for name in routes or {}:
+        if not name.isidentifier():
+            raise ValueError(f"a route's name must be a Python identifier (Flower's rule for actions), got {name!r}")
+    app = ClientApp()
 
-    @app.train()
     def train(msg: Message, context: Context) -> Message:
         set_threads()
         sent = _only(msg.content.array_records, "ArrayRecord")
@@ -195,16 +215,23 @@ def client_app(
         shared = ConfigRecord({"client": client})
         if share_labels:
             shared["labels"] = [int(v) for v in labels]
-        _seed_numpy(seed, server_round, client)  # for the mods that run after this function
-        content = {"arrays": ArrayRecord(state), "metrics": MetricRecord({NUM_EXAMPLES_KEY: batch_size}),
-                   SHARED_KEY: shared}
+        _seed_numpy(int(config.get(SEED_KEY, seed)), server_round, client)  # for the mods that run after this function
+        content = {
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord({NUM_EXAMPLES_KEY: batch_size}),
+            SHARED_KEY: shared,
+        }
         return Message(RecordDict(content), reply_to=msg)
 
+    app.train(mods=list(mods))(train)
+    for name, route_mods in (routes or {}).items():
+        app.train(name, mods=list(route_mods))(train)
     return app
 
 
-def recover_gradient(model: nn.Module, sent: dict[str, np.ndarray], returned: dict[str, np.ndarray],
-                     lr: float) -> tuple[torch.Tensor, ...]:
+def recover_gradient(
+    model: nn.Module, sent: dict[str, np.ndarray], returned: dict[str, np.ndarray], lr: float
+) -> tuple[torch.Tensor, ...]:
     r"""The gradient behind a FedSGD reply: :math:`g = (w_\text{sent} - w_\text{returned}) / \eta`.
 
     One tensor per trainable parameter of ``model``, in ``model.parameters()`` order (the
@@ -222,11 +249,15 @@ def recover_gradient(model: nn.Module, sent: dict[str, np.ndarray], returned: di
     for name, p in fl._named_trainable(model):
         for which, arrays in (("sent", sent), ("returned", returned)):
             if name not in arrays:
-                raise ValueError(f"the {which} parameters lack {name!r}: they do not match the model "
-                                 f"(expected keys {[n for n, _ in fl._named_trainable(model)]}, got {list(arrays)})")
+                raise ValueError(
+                    f"the {which} parameters lack {name!r}: they do not match the model "
+                    f"(expected keys {[n for n, _ in fl._named_trainable(model)]}, got {list(arrays)})"
+                )
             if tuple(arrays[name].shape) != tuple(p.shape):
-                raise ValueError(f"the {which} parameter {name!r} has shape {tuple(arrays[name].shape)} but the "
-                                 f"model's has shape {tuple(p.shape)}: the update does not match the model")
+                raise ValueError(
+                    f"the {which} parameter {name!r} has shape {tuple(arrays[name].shape)} but the "
+                    f"model's has shape {tuple(p.shape)}: the update does not match the model"
+                )
         step = np.asarray(sent[name], dtype=np.float64) - np.asarray(returned[name], dtype=np.float64)
         gradients.append((torch.from_numpy(step) / lr).to(p.dtype))
     return tuple(gradients)
@@ -285,17 +316,32 @@ class CuriousStrategy(Strategy):
     Args:
         strategy: any Flower Message-API strategy (``flwr.serverapp.strategy``).
         model: the federation's model (its architecture; the weights come from each round).
+        dp: the DP option the deployment runs, if the server knows it (the protocol is public):
+            its records (:meth:`DPConfig.records`) go into each update's ``defense``, so that an
+            attack can adapt to them.
         keep: keep every :class:`Received` in :attr:`received`.
         on_receive: called with each :class:`Received`, before aggregation.
+
+    Replies that carry an error (a client that failed) are not kept; they are listed in
+    :attr:`errors`, as ``(round, node id, error)``.
     """
 
-    def __init__(self, strategy: Strategy, model: nn.Module, *, keep: bool = True,
-                 on_receive: Callable[[Received], None] | None = None):
+    def __init__(
+        self,
+        strategy: Strategy,
+        model: nn.Module,
+        *,
+        dp: DPConfig | None = None,
+        keep: bool = True,
+        on_receive: Callable[[Received], None] | None = None,
+    ):
         self.strategy = strategy
         self.template = copy.deepcopy(model).cpu()
+        self.dp = dp
         self.keep = keep
         self.on_receive = on_receive
         self.received: list[Received] = []
+        self.errors: list[tuple[int, int, str]] = []
         self._instructions: dict[tuple[int, int], tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
@@ -304,8 +350,9 @@ class CuriousStrategy(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         """Forward; note what each client is sent (model and config), to recover its gradient later."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         converted: dict[int, dict[str, np.ndarray]] = {}
@@ -317,8 +364,9 @@ class CuriousStrategy(Strategy):
             self._instructions[(server_round, msg.metadata.dst_node_id)] = (converted[id(record)], sent_config)
         return messages
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Keep each reply as a :class:`Received`, then forward the replies, unchanged, to ``strategy``.
 
         Raises:
@@ -327,25 +375,34 @@ class CuriousStrategy(Strategy):
         """
         replies = list(replies)
         for reply in replies:
-            if not reply.has_error():
+            if reply.has_error():
+                self.errors.append((server_round, reply.metadata.src_node_id, str(reply.error)))
+            else:
                 self._receive(server_round, reply)
         return self.strategy.aggregate_train(server_round, replies)
 
     def _receive(self, server_round: int, reply: Message) -> None:
         node_id = reply.metadata.src_node_id
         if (server_round, node_id) not in self._instructions:
-            raise ValueError(f"a reply from node {node_id} in round {server_round} answers no train instruction "
-                             "that passed through this wrapper: call configure_train through it")
+            raise ValueError(
+                f"a reply from node {node_id} in round {server_round} answers no train instruction "
+                "that passed through this wrapper: call configure_train through it"
+            )
         sent, config = self._instructions.pop((server_round, node_id))
         if LR_KEY not in config:
-            raise ValueError(f"the train config sent in round {server_round} has no {LR_KEY!r} (keys: {list(config)}): "
-                             "the gradient is recovered as (w_sent - w_returned) / lr")
+            raise ValueError(
+                f"the train config sent in round {server_round} has no {LR_KEY!r} (keys: {list(config)}): "
+                "the gradient is recovered as (w_sent - w_returned) / lr"
+            )
         returned = {k: v.numpy() for k, v in _only(reply.content.array_records, "ArrayRecord").items()}
         expected = set(self.template.state_dict())
         if set(returned) != expected:
-            raise ValueError(f"node {node_id}'s reply in round {server_round} holds parameters "
-                             f"{sorted(returned)}, but the model has {sorted(expected)}: it does not match the model")
-        gradients = recover_gradient(self.template, sent, returned, float(config[LR_KEY]))
+            raise ValueError(
+                f"node {node_id}'s reply in round {server_round} holds parameters "
+                f"{sorted(returned)}, but the model has {sorted(expected)}: it does not match the model"
+            )
+        lr = float(config[LR_KEY])
+        gradients = recover_gradient(self.template, sent, returned, lr)
         metrics = dict(_only(reply.content.metric_records, "MetricRecord"))
         shared = dict(reply.content.config_records.get(SHARED_KEY, {}))
         labels = shared.get("labels")
@@ -353,19 +410,72 @@ class CuriousStrategy(Strategy):
             gradients=gradients,
             batch_size=int(metrics[NUM_EXAMPLES_KEY]) if NUM_EXAMPLES_KEY in metrics else None,
             labels=None if labels is None else torch.tensor(labels, dtype=torch.int64),
+            defense=self.dp.records(lr) if self.dp is not None else (),
         )
         update.check_matches(self.template)  # NaN / inf
-        received = Received(server_round=server_round, node_id=node_id, client=shared.get("client"), sent=sent,
-                            returned=returned, config=config, num_examples=int(metrics.get(NUM_EXAMPLES_KEY, 0)),
-                            metrics={k: v for k, v in metrics.items() if k != NUM_EXAMPLES_KEY}, update=update,
-                            template=self.template)
+        received = Received(
+            server_round=server_round,
+            node_id=node_id,
+            client=shared.get("client"),
+            sent=sent,
+            returned=returned,
+            config=config,
+            num_examples=int(metrics.get(NUM_EXAMPLES_KEY, 0)),
+            metrics={k: v for k, v in metrics.items() if k != NUM_EXAMPLES_KEY},
+            update=update,
+            template=self.template,
+        )
         if self.keep:
             self.received.append(received)
         if self.on_receive is not None:
             self.on_receive(received)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+class Routed(Strategy):
+    """A strategy wrapper that sends ``strategy``'s train instructions as Flower message type ``train.<action>``.
+
+    Flower routes a message of that type to the client function registered as
+    ``@app.train("<action>", mods=...)`` (:func:`client_app`'s ``routes``), so one federation
+    can run several deployments with different client mods, one after another, in one
+    simulation. Everything else is forwarded unchanged.
+    """
+
+    def __init__(self, strategy: Strategy, action: str):
+        if not action.isidentifier():
+            raise ValueError(f"an action must be a Python identifier (Flower's rule), got {action!r}")
+        self.strategy = strategy
+        self.action = action
+
+    def __repr__(self) -> str:
+        return f"Routed({self.strategy!r}, {self.action!r})"
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        for msg in messages:
+            msg.metadata.message_type = f"{MessageType.TRAIN}.{self.action}"
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        return self.strategy.aggregate_train(server_round, replies)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -425,12 +535,36 @@ class DPConfig:
     def wrap(self, strategy: Strategy, num_sampled_clients: int) -> Strategy:
         """``strategy`` under this option's server-side wrapper (unchanged for ``"none"`` and ``"local"``)."""
         if self.kind == "server_clip":
-            return DifferentialPrivacyServerSideFixedClipping(strategy, self.noise_multiplier, self.clipping_norm,
-                                                              num_sampled_clients)
+            return DifferentialPrivacyServerSideFixedClipping(
+                strategy, self.noise_multiplier, self.clipping_norm, num_sampled_clients
+            )
         if self.kind == "client_clip":
-            return DifferentialPrivacyClientSideFixedClipping(strategy, self.noise_multiplier, self.clipping_norm,
-                                                              num_sampled_clients)
+            return DifferentialPrivacyClientSideFixedClipping(
+                strategy, self.noise_multiplier, self.clipping_norm, num_sampled_clients
+            )
         return strategy
+
+    def records(self, lr: float) -> tuple[fl.DefenseRecord, ...]:
+        """What this option does to an update before the curious strategy gets it, in gradient units
+        (the bound ``S / lr``, the noise ``sigma / lr``): the public settings, as
+        :class:`~gi_tutorial.fl.DefenseRecord` s. The central noise is added after the strategy
+        aggregated, so it is not among them."""
+        if self.kind in ("server_clip", "client_clip"):
+            by = "the server" if self.kind == "server_clip" else "the client (fixedclipping_mod)"
+            return (fl.DefenseRecord("clip", {"max_norm": float(self.clipping_norm) / lr, "by": by}),)
+        if self.kind == "local":
+            return (
+                fl.DefenseRecord(
+                    "local_gaussian",
+                    {
+                        "clip": float(self.clipping_norm) / lr,
+                        "sigma": self.local_sigma / lr,
+                        "noise_multiplier": self.local_sigma / float(self.clipping_norm),
+                        "by": "the client (LocalDpMod)",
+                    },
+                ),
+            )
+        return ()
 
     def mods(self) -> list[Callable]:
         """The client mods this option needs."""
@@ -456,6 +590,10 @@ class Privacy:
             Gaussian mechanism's, for the adjacency its ``sensitivity`` stands for); None otherwise.
         sampling: how the rounds compose.
         protects: against whom.
+        against_server: the epsilon that binds the server, which receives each client's update
+            and knows who sent it: for ``"local"`` the replace-one epsilon over the rounds,
+            unamplified; ``inf`` for the central options (the server holds each clipped update
+            before it adds any noise) and without DP.
     """
 
     epsilon: float
@@ -465,6 +603,7 @@ class Privacy:
     epsilon_per_round: float | None
     sampling: str
     protects: str
+    against_server: float
 
 
 def privacy(dp: DPConfig, rounds: int, adjacency: Adjacency | None = None) -> Privacy:
@@ -494,20 +633,85 @@ def privacy(dp: DPConfig, rounds: int, adjacency: Adjacency | None = None) -> Pr
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     sampling = "every client in every round (no amplification; an upper bound when fewer are sampled)"
     if dp.kind == "none":
-        return Privacy(math.inf, dp.delta, rounds, adjacency or "add_remove", None, sampling, "nothing")
+        return Privacy(math.inf, dp.delta, rounds, adjacency or "add_remove", None, sampling, "nothing", math.inf)
     if dp.kind == "local":
-        adjacency = adjacency or "replace_one"
-        eps = defenses.epsilon(dp.local_sigma / dp.clipping_norm, 1.0, rounds, dp.delta, adjacency=adjacency)
-        return Privacy(eps, dp.delta, rounds, adjacency, float(dp.epsilon), sampling,
-                       "the client from the server, and the released model")
+        z = dp.local_sigma / dp.clipping_norm
+        eps = defenses.epsilon(z, 1.0, rounds, dp.delta, adjacency=adjacency or "replace_one")
+        server = defenses.epsilon(z, 1.0, rounds, dp.delta, adjacency="replace_one")
+        return Privacy(
+            eps,
+            dp.delta,
+            rounds,
+            adjacency or "replace_one",
+            float(dp.epsilon),
+            sampling,
+            "the client against the server, and the released model",
+            server,
+        )
     adjacency = adjacency or "add_remove"
     eps = defenses.epsilon(dp.noise_multiplier, 1.0, rounds, dp.delta, adjacency=adjacency)
-    return Privacy(eps, dp.delta, rounds, adjacency, None, sampling,
-                   "the released model only: the server sees each clipped update unnoised")
+    return Privacy(
+        eps,
+        dp.delta,
+        rounds,
+        adjacency,
+        None,
+        sampling,
+        "the released model only: the server holds each clipped update before it adds the noise",
+        math.inf,
+    )
 
 
-def calibrate(kind: DPKind, *, clipping_norm: float, rounds: int, target_epsilon: float = 8.0,
-              delta: float = 1e-5) -> DPConfig:
+def gaussian_epsilon(noise_multiplier: float, delta: float) -> float:
+    r"""The exact epsilon of one Gaussian mechanism at ``delta``: the analytic Gaussian mechanism.
+
+    Noise of standard deviation ``sigma`` on a value of sensitivity ``Delta`` is
+    :math:`(\varepsilon, \delta)`-DP exactly when (Balle and Wang, 2018, "Improving the Gaussian
+    Mechanism for Differential Privacy", Theorem 8), with :math:`r = \Delta / \sigma` = ``1 / noise_multiplier``,
+
+    .. math::
+
+        \Phi\big(\tfrac{r}{2} - \tfrac{\varepsilon}{r}\big)
+        - e^{\varepsilon}\,\Phi\big(-\tfrac{r}{2} - \tfrac{\varepsilon}{r}\big) \le \delta .
+
+    This returns the smallest such epsilon (by bisection, to 1e-9). The classic calibration
+    :math:`\sigma = \Delta \sqrt{2 \ln(1.25/\delta)} / \varepsilon` that ``LocalDpMod`` uses
+    is proven only for :math:`\varepsilon < 1` (Dwork and Roth, 2014, Theorem A.1): this says
+    what its noise gives at any epsilon.
+
+    >>> round(gaussian_epsilon(1.0, 1e-5), 3)
+    4.377
+
+    Raises:
+        ValueError: a noise multiplier that is not positive, or ``delta`` outside (0, 1).
+    """
+    if not (isinstance(noise_multiplier, (int, float)) and noise_multiplier > 0 and math.isfinite(noise_multiplier)):
+        raise ValueError(f"the noise multiplier must be a positive number, got {noise_multiplier!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"delta must lie in (0, 1), got {delta!r}")
+    r = 1.0 / noise_multiplier
+
+    def phi(x: float) -> float:
+        return 0.5 * math.erfc(-x / math.sqrt(2))
+
+    def excess(eps: float) -> float:  # the mechanism's delta at eps, minus the target; falls as eps grows
+        tail = math.exp(eps + math.log(phi(-r / 2 - eps / r))) if phi(-r / 2 - eps / r) > 0 else 0.0
+        return phi(r / 2 - eps / r) - tail - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    low, high = 0.0, 1.0
+    while excess(high) > 0:
+        low, high = high, 2 * high
+    while high - low > 1e-9:
+        mid = (low + high) / 2
+        low, high = (mid, high) if excess(mid) > 0 else (low, mid)
+    return high
+
+
+def calibrate(
+    kind: DPKind, *, clipping_norm: float, rounds: int, target_epsilon: float = 8.0, delta: float = 1e-5
+) -> DPConfig:
     """A DP option set to about ``target_epsilon`` at ``delta``.
 
     Central options: the smallest noise multiplier whose epsilon over ``rounds`` (add/remove,
@@ -540,11 +744,18 @@ def flower_epsilon(dp: DPConfig, rounds: int, num_clients: int) -> float:
     from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
     if dp.kind not in ("server_clip", "client_clip") or not dp.noise_multiplier > 0:
-        raise ValueError(f"Flower accounts for its central wrappers with noise only, got {dp.kind!r} "
-                         f"with noise multiplier {dp.noise_multiplier}")
-    accountant = RdpAccountant(PrivacyConfig(target_delta=dp.delta, population_size=num_clients,
-                                             neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                             sampling_method=SamplingMethod.NO_AMPLIFICATION))
+        raise ValueError(
+            f"Flower accounts for its central wrappers with noise only, got {dp.kind!r} "
+            f"with noise multiplier {dp.noise_multiplier}"
+        )
+    accountant = RdpAccountant(
+        PrivacyConfig(
+            target_delta=dp.delta,
+            population_size=num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
     accountant.compose(GaussianPrivacyEvent(dp.noise_multiplier, num_clients, num_clients), count=rounds)
     return accountant.get_epsilon(dp.delta)
 
@@ -553,53 +764,72 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch
     """The share of ``images`` the model classifies as ``labels``."""
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(images[i:i + batch_size]).argmax(1) == labels[i:i + batch_size]).sum())
-                      for i in range(0, images.shape[0], batch_size))
+        correct = sum(
+            int((model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]).sum())
+            for i in range(0, images.shape[0], batch_size)
+        )
     return correct / images.shape[0]
 
 
 @dataclass
 class ServerOutcome:
-    """What a :func:`server_app` leaves behind once it ran: the global model and its accuracy per round."""
+    """What one deployment of a :func:`server_app` leaves behind once it ran."""
 
-    model: nn.Module
+    model: nn.Module  # the global model: the initial one, then the final one
     accuracy: dict[int, float] = field(default_factory=dict)  # round (0: before training) -> test accuracy
+    seconds: float = math.nan  # the server's time for this deployment's rounds (the clients' included)
     finished: bool = False
 
 
-def server_app(strategy: Strategy, model: nn.Module, *, num_rounds: int, lr: float,
-               test: tuple[torch.Tensor, torch.Tensor] | None = None, seed: int = 0) -> tuple[ServerApp, ServerOutcome]:
-    """A Flower ``ServerApp`` that runs ``strategy`` for ``num_rounds`` FedSGD rounds at learning rate ``lr``.
+def server_app(
+    runs: Sequence[tuple[Strategy, nn.Module, int]],
+    *,
+    num_rounds: int,
+    lr: float,
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[ServerApp, list[ServerOutcome]]:
+    """A Flower ``ServerApp`` that runs deployments one after another, each ``num_rounds`` FedSGD rounds at ``lr``.
 
-    It starts from ``model``'s weights, sends ``{"lr": lr}`` as the train config, and after
-    every round (and before the first) loads the global arrays into the outcome's model and
-    measures its accuracy on ``test``. It seeds Python's and NumPy's global generators with
-    ``seed`` first: Flower samples nodes with the one and draws central DP noise from the other.
+    Each run is ``(strategy, initial model, seed)``: the app seeds Python's and NumPy's global
+    generators with ``seed`` (Flower samples nodes with the one and draws central DP noise
+    from the other), starts ``strategy`` from the model's weights with the train config
+    ``{"lr": lr, "seed": seed}``, and measures the global model's accuracy on ``test`` before
+    the first round and after the last.
 
     Returns:
-        the app, and the :class:`ServerOutcome` it fills when it runs (in this process: the
-        simulation engine runs the ServerApp in a thread).
+        the app, and one :class:`ServerOutcome` per run, filled when the app runs (in this
+        process: the simulation engine runs the ServerApp in a thread).
     """
-    outcome = ServerOutcome(model=copy.deepcopy(model).cpu())
+    outcomes = [ServerOutcome(model=copy.deepcopy(model).cpu()) for _, model, _ in runs]
     app = ServerApp()
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        outcome.model.load_state_dict(arrays.to_torch_state_dict())
-        if test is None:
-            return None
-        outcome.accuracy[server_round] = accuracy(outcome.model, *test)
-        return MetricRecord({"accuracy": outcome.accuracy[server_round]})
+    def evaluator(outcome: ServerOutcome) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            outcome.model.load_state_dict(arrays.to_torch_state_dict())
+            if test is None or server_round not in (0, num_rounds):  # the rounds between: not needed here
+                return None
+            outcome.accuracy[server_round] = accuracy(outcome.model, *test)
+            return MetricRecord({"accuracy": outcome.accuracy[server_round]})
+
+        return evaluate
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         set_threads()
-        random.seed(seed)
-        _seed_numpy(seed)
-        strategy.start(grid=grid, initial_arrays=ArrayRecord(outcome.model.state_dict()), num_rounds=num_rounds,
-                       train_config=ConfigRecord({LR_KEY: float(lr)}), evaluate_fn=evaluate)
-        outcome.finished = True
+        for (strategy, _, seed), outcome in zip(runs, outcomes):
+            random.seed(seed)
+            _seed_numpy(seed)
+            start = time.perf_counter()
+            strategy.start(
+                grid=grid,
+                initial_arrays=ArrayRecord(outcome.model.state_dict()),
+                num_rounds=num_rounds,
+                train_config=ConfigRecord({LR_KEY: float(lr), SEED_KEY: int(seed)}),
+                evaluate_fn=evaluator(outcome),
+            )
+            outcome.seconds, outcome.finished = time.perf_counter() - start, True
 
-    return app, outcome
+    return app, outcomes
 
 
 def fedsgd_strategy(num_clients: int) -> FedAvg:
@@ -609,8 +839,13 @@ def fedsgd_strategy(num_clients: int) -> FedAvg:
     parameters takes exactly the step of the averaged gradient (:func:`gi_tutorial.fl.server_step`).
     """
     with _flower_log(logging.ERROR):  # not its warning that client-side evaluation is off: that is the point
-        return FedAvg(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_clients,
-                      min_evaluate_nodes=0, min_available_nodes=num_clients)
+        return FedAvg(
+            fraction_train=1.0,
+            fraction_evaluate=0.0,
+            min_train_nodes=num_clients,
+            min_evaluate_nodes=0,
+            min_available_nodes=num_clients,
+        )
 
 
 @contextlib.contextmanager
@@ -625,41 +860,52 @@ def _flower_log(level: int) -> Iterator[None]:
         logger.setLevel(saved)
 
 
-def simulate(server: ServerApp, client: ClientApp, num_supernodes: int, *,
-             backend_config: dict | None = None, quiet: bool = True) -> float:
-    """Run a deployment in Flower's simulation engine (Ray); return its wall time in seconds.
+def simulate(
+    server: ServerApp, client: ClientApp, num_supernodes: int, *, backend_config: dict | None = None, quiet: bool = True
+) -> float:
+    """Run a federation in Flower's simulation engine (Ray); return its wall time in seconds.
 
     ``backend_config`` defaults to :data:`CHEAP_BACKEND` (one Ray actor on one CPU). ``quiet``
-    shows only Flower's warnings and errors (its per-round log otherwise).
+    shows only Flower's warnings and errors (its per-round log otherwise), and not its notice
+    that ``run_simulation`` is deprecated in favour of the ``flwr run`` command: that command
+    runs the apps in other processes, and the book needs what the server kept back in this one.
     """
     from flwr.simulation import run_simulation
 
     start = time.perf_counter()
-    with _flower_log(logging.WARNING if quiet else logging.getLogger("flwr").level), warnings.catch_warnings():
+    with _flower_log(logging.ERROR if quiet else logging.getLogger("flwr").level), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, module="ray")  # Ray's notice about GPU variables
-        run_simulation(server_app=server, client_app=client, num_supernodes=num_supernodes,
-                       backend_config=copy.deepcopy(backend_config or CHEAP_BACKEND))
+        run_simulation(
+            server_app=server,
+            client_app=client,
+            num_supernodes=num_supernodes,
+            backend_config=copy.deepcopy(backend_config or CHEAP_BACKEND),
+        )
     return time.perf_counter() - start
 
 
 @dataclass
 class Deployment:
-    """A finished simulated deployment.
+    """One finished deployment: a DP option and a seed, simulated.
 
     Attributes:
-        received: what the curious server kept, per client and round (:class:`Received`).
-        accuracy: the global model's test accuracy after each round (round 0: before training).
-        model: the final global model.
         dp: the DP option it ran under.
+        seed: the victim's initialisation (:func:`gi_tutorial.models.build_model`), the DP noise
+            and Flower's node sampling.
+        received: what the curious server kept, per client and round (:class:`Received`).
+        accuracy: the global model's test accuracy before the first round (0) and after the last.
+        model: the final global model.
         shards: each client's private data (for scoring only: the server never saw it).
         batch_size: images per client and round.
-        seconds: wall time of the simulation, Ray's start included.
+        seconds: the server's time for its rounds, clients included (Ray's start is not in it:
+            see :attr:`Simulation.seconds`).
     """
 
+    dp: DPConfig
+    seed: int
     received: list[Received]
     accuracy: dict[int, float]
     model: nn.Module
-    dp: DPConfig
     shards: list[tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     batch_size: int
     seconds: float
@@ -670,51 +916,301 @@ class Deployment:
             raise ValueError("this reply does not name its client, so its batch cannot be looked up")
         return client_batch(self.shards[received.client], received.server_round, self.batch_size)
 
+    def reply(self, client: int, server_round: int = 1) -> Received:
+        """What the server received from ``client`` in ``server_round``.
+
+        Raises:
+            ValueError: no such reply was kept.
+        """
+        for r in self.received:
+            if r.client == client and r.server_round == server_round:
+                return r
+        raise ValueError(
+            f"no reply of client {client} in round {server_round} was kept "
+            f"(kept: {sorted((r.client, r.server_round) for r in self.received)})"
+        )
+
+
+@dataclass
+class Simulation:
+    """Several deployments run in one simulation (:func:`run_deployments`).
+
+    Attributes:
+        deployments: in the order they ran.
+        seconds: the whole simulation's wall time, Ray's start and stop included.
+        first_reply: seconds from the simulation's start to the first reply the server received:
+            Ray's start, its actor's (a Python process that imports torch), and one client's step.
+        versions: of Flower and Ray.
+    """
+
+    deployments: list[Deployment]
+    seconds: float
+    first_reply: float
+    versions: dict[str, str]
+
+    def get(self, kind: DPKind, seed: int) -> Deployment:
+        """The deployment of a DP option (by kind) and a seed.
+
+        Raises:
+            ValueError: none ran.
+        """
+        for d in self.deployments:
+            if d.dp.kind == kind and d.seed == seed:
+                return d
+        raise ValueError(
+            f"no deployment of {kind!r} with seed {seed} ran; ran {[(d.dp.kind, d.seed) for d in self.deployments]}"
+        )
+
+
+def versions() -> dict[str, str]:
+    """The versions of Flower and Ray installed here."""
+    from importlib.metadata import version
+
+    return {"flwr": version("flwr"), "ray": version("ray")}
+
+
+def run_deployments(
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    options: Sequence[DPConfig] = (),
+    seeds: Sequence[int] = (0,),
+    num_clients: int = 2,
+    num_rounds: int = 1,
+    victim: str = "convnet_fc",
+    batch_size: int = 4,
+    shard_size: int | None = None,
+    lr: float = 0.1,
+    shard_seed: int = 0,
+    backend_config: dict | None = None,
+    quiet: bool = True,
+    engine: Callable[[ServerApp, ClientApp, int], float] | None = None,
+) -> Simulation:
+    """Simulate one federation under each DP option and seed, all in one run of Flower's simulation engine.
+
+    The federation: ``num_clients`` FedSGD clients, each with a private shard of ``train``
+    (``shard_size`` images, default ``num_rounds * batch_size``, so a new batch every round;
+    the shards are drawn once, with ``shard_seed``), every client in every round, Flower's
+    ``FedAvg`` on the server with a :class:`CuriousStrategy` directly on it, under the
+    option's DP wrapper. The deployments run one after another, option by option and seed by
+    seed, each from the victim initialised with its seed; each sends its train instructions
+    under the option's name (:class:`Routed`), and the clients answer with that option's mods.
+    Ray starts once, for all of them: it costs seconds each time (:attr:`Simulation.first_reply`).
+
+    Args:
+        train, test: ``(images, labels)``: the clients' data; held-out images for accuracy.
+        options: the DP options (:func:`calibrate`), one of each kind at most; default: no DP.
+        seeds: each option runs once per seed.
+        num_clients, num_rounds: the federation.
+        victim: the model (:func:`gi_tutorial.models.build_model` name).
+        batch_size, lr: FedSGD's batch per client and round, and learning rate.
+        shard_seed: which images each client holds.
+        backend_config, quiet: see :func:`simulate`.
+        engine: what runs the apps, ``engine(server_app, client_app, num_supernodes) -> seconds``;
+            default :func:`simulate` (Flower's simulation engine on Ray) with ``backend_config``
+            and ``quiet``. (The tests pass one that calls the apps in this process.)
+
+    Raises:
+        ValueError: too few images for the shards, two options of one kind, or no seeds.
+        RuntimeError: a client failed, or the server did not finish (Flower's error is in the message).
+    """
+    options = list(options) or [DPConfig()]
+    kinds = [dp.kind for dp in options]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"one option of each kind at most (the kind names the clients' route), got {kinds}")
+    if not seeds:
+        raise ValueError("run_deployments needs at least one seed")
+    images, labels = train
+    shards = make_shards(images, labels, num_clients, shard_size or num_rounds * batch_size, seed=shard_seed)
+    replies: list[float] = []  # when each reply reached the server
+
+    def note(_: Received) -> None:
+        replies.append(time.perf_counter())
+
+    keys = [(dp, seed) for dp in options for seed in seeds]
+    spies, plans = [], []
+    for dp, seed in keys:
+        model = models.build_model(victim, in_channels=images.shape[1], seed=seed)
+        spies.append(CuriousStrategy(fedsgd_strategy(num_clients), model, dp=dp, on_receive=note))
+        plans.append((Routed(dp.wrap(spies[-1], num_clients), dp.kind), model, seed))
+    server, outcomes = server_app(plans, num_rounds=num_rounds, lr=lr, test=test)
+    client = client_app(
+        shards,
+        victim=victim,
+        in_channels=images.shape[1],
+        batch_size=batch_size,
+        routes={dp.kind: dp.mods() for dp in options},
+    )
+    start = time.perf_counter()
+    if engine is None:
+        seconds = simulate(server, client, num_clients, backend_config=backend_config, quiet=quiet)
+    else:
+        seconds = engine(server, client, num_clients)
+    errors = [(dp.kind, seed, error) for (dp, seed), spy in zip(keys, spies) for error in spy.errors]
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} client replies carried an error; the first (option, seed, "
+            f"(round, node, error)): {errors[0]}"
+        )
+    if not all(o.finished for o in outcomes):
+        raise RuntimeError("the simulation ended before the server finished its rounds: see Flower's log above")
+    deployments = [
+        Deployment(
+            dp=dp,
+            seed=seed,
+            received=spy.received,
+            accuracy=o.accuracy,
+            model=o.model,
+            shards=shards,
+            batch_size=batch_size,
+            seconds=o.seconds,
+        )
+        for (dp, seed), spy, o in zip(keys, spies, outcomes)
+    ]
+    return Simulation(deployments, seconds, replies[0] - start if replies else math.nan, versions())
+
 
 def run_deployment(
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor] | None = None,
     *,
-    num_clients: int = 2,
-    num_rounds: int = 1,
     dp: DPConfig | None = None,
-    victim: str = "convnet_fc",
-    batch_size: int = 4,
-    shard_size: int | None = None,
-    lr: float = 0.1,
     seed: int = 0,
-    backend_config: dict | None = None,
-    quiet: bool = True,
+    **federation: Any,
 ) -> Deployment:
-    """Simulate the whole deployment: FedSGD clients, FedAvg under ``dp``, a curious server, Ray.
+    """One deployment (one DP option, one seed) in its own simulation: :func:`run_deployments` for one."""
+    return run_deployments(train, test, options=[dp or DPConfig()], seeds=[seed], **federation).deployments[0]
 
-    Each of ``num_clients`` clients gets a private shard of ``train`` (``shard_size`` images,
-    default ``num_rounds * batch_size``, so each round a new batch), all take part in every
-    round; the curious strategy sits directly on FedAvg, under the DP wrapper if any.
 
-    Args:
-        train, test: ``(images, labels)``: the clients' data; the held-out images for accuracy.
-        num_clients, num_rounds: the federation.
-        dp: the DP option (:func:`calibrate`); none by default.
-        victim: the model (:func:`gi_tutorial.models.build_model` name, seed 0).
-        batch_size, lr: FedSGD's batch per client and round, and learning rate.
-        seed: the shards, the NumPy noise of Flower's DP, the node sampling.
-        backend_config, quiet: see :func:`simulate`.
+@dataclass(frozen=True)
+class Inspection:
+    """What the server received from one client, against the client's true gradient (for scoring only).
+
+    Attributes:
+        norm: the received update's norm, in gradient units (``||w_sent - w_returned|| / lr``).
+        true_norm: the norm of the client's true gradient on its batch.
+        bound: the option's clip bound in gradient units (``S / lr``; None without clipping).
+        clipped: the true gradient was longer than the bound, so the protocol scaled it down.
+        distance: ``||received - true|| / ||true||``.
+        clipped_distance: the same against the true gradient clipped to the bound: 0 (up to
+            float32 rounding) when the server got the clipped update unnoised.
+        cosine: between the received and the true gradient (what cosine-distance attacks match).
+    """
+
+    norm: float
+    true_norm: float
+    bound: float | None
+    clipped: bool
+    distance: float
+    clipped_distance: float
+    cosine: float
+
+    @property
+    def noised(self) -> bool:
+        """The received update differs from the (clipped) true one by more than rounding: noise was added."""
+        return self.clipped_distance > 1e-3
+
+
+def inspect(deployment: Deployment, received: Received) -> Inspection:
+    """Compare what the server received with the gradient the client computed (recomputed from its data)."""
+    x, y = deployment.truth(received)
+    true = torch.cat([g.flatten() for g in fl.client_update(received.model(), x, y).gradients]).double()
+    got = torch.cat([g.flatten() for g in received.update.gradients]).double()
+    lr = float(received.config[LR_KEY])
+    bound = float(deployment.dp.clipping_norm) / lr if deployment.dp.clipping_norm else None
+    true_norm = float(true.norm())
+    clipped = bound is not None and true_norm > bound
+    reference = true * (bound / true_norm) if clipped else true
+    return Inspection(
+        norm=float(got.norm()),
+        true_norm=true_norm,
+        bound=bound,
+        clipped=clipped,
+        distance=float((got - true).norm() / true.norm()),
+        clipped_distance=float((got - reference).norm() / reference.norm()),
+        cosine=float(torch.nn.functional.cosine_similarity(got, true, dim=0)),
+    )
+
+
+def attack_budget() -> Any:
+    """Chapter 7's attack budgets (those of chapter 6, the defenses chapter), an :class:`gi_tutorial.attacks.Budget`.
+
+    A function, so that importing this module does not import the attacks (and torchmetrics):
+    the simulation's Ray worker imports this module before its first client can answer.
+    """
+    from .attacks import Budget
+
+    return Budget(x_iters=300, z_iters=100, z_restarts=2, w_iters=150)
+
+
+ATTACKS = ("GI-x", "GIAS")  # the attacks a verdict takes the strongest of, per update
+FLOORS = ("label only", "prior sample")  # the no-gradient guesses (gi_tutorial.attacks.floors("dcgan"))
+MARGINS = {"identified": 0.05, "psnr": 1.0}  # "ahead" means ahead by more than this (5 points, 1 dB)
+UNITS = {"identified": ("", "{:.0%}"), "psnr": (" dB", "{:.1f}")}
+Verdict = Literal["leaks", "at the floor", "unclear"]
+# Chapter 7's verdicts (benchmarks/verify_ch7.py checks them on held-out clients and seeds): against the server,
+# the central options protect nothing, local noise brings the attack down to what no gradient gives.
+CLAIMS: dict[str, Verdict] = {"none": "leaks", "server_clip": "leaks", "client_clip": "leaks", "local": "at the floor"}
+
+
+@dataclass(frozen=True)
+class Protection:
+    """Whether the server's attack got more than the floors, under one DP option, on both scores.
+
+    Attributes:
+        option: the DP option's kind.
+        verdict: ``"leaks"``: the strongest attack beats the best floor by more than the margin
+            (:data:`MARGINS`) on average and in every update, on both identification and PSNR;
+            ``"at the floor"``: on neither score is it ahead of the best floor by more than the
+            margin on average; ``"unclear"``: anything between.
+        paired: per score, the strongest attack against the best floor, update by update.
+        sentences: per score, the comparison in words (:func:`gi_tutorial.stats.compare`).
+    """
+
+    option: str
+    verdict: Verdict
+    paired: dict[str, stats.Paired]
+    sentences: dict[str, str]
+
+
+def protection(
+    tally: stats.Tally,
+    option: str,
+    *,
+    attack_names: Sequence[str] = ATTACKS,
+    floor_names: Sequence[str] = FLOORS,
+    **where: Any,
+) -> Protection:
+    """The verdict on one DP option from a tally of battery rows keyed by ``option``, ``method`` and the update.
+
+    Per update (the tally's other keys), the strongest of ``attack_names`` (the defender's view:
+    judge a defense by the best attack) against the best of ``floor_names``, on each score.
 
     Raises:
-        ValueError: too few images for the shards, or a bad DP option.
+        ValueError: a method is missing for some update.
     """
-    dp = dp or DPConfig()
-    images, labels = train
-    model = models.build_model(victim, in_channels=images.shape[1])
-    shards = make_shards(images, labels, num_clients, shard_size or num_rounds * batch_size, seed=seed)
-    curious = CuriousStrategy(fedsgd_strategy(num_clients), model)
-    server, outcome = server_app(dp.wrap(curious, num_clients), model, num_rounds=num_rounds, lr=lr, test=test,
-                                 seed=seed)
-    client = client_app(shards, victim=victim, in_channels=images.shape[1], batch_size=batch_size, mods=dp.mods(),
-                        seed=seed)
-    seconds = simulate(server, client, num_clients, backend_config=backend_config, quiet=quiet)
-    if not outcome.finished:
-        raise RuntimeError("the simulation ended before the server finished its rounds: see Flower's log above")
-    return Deployment(received=curious.received, accuracy=outcome.accuracy, model=outcome.model, dp=dp,
-                      shards=shards, batch_size=batch_size, seconds=seconds)
+    paired, sentences = {}, {}
+    for metric, margin in MARGINS.items():
+        mine = tally.select(option=option, **where)
+        others = [k for k in tally.keys if k not in ("method", "option")]
+        updates: dict[tuple, dict[str, float]] = {}
+        for row in mine.rows:
+            updates.setdefault(tuple(row[k] for k in others), {})[row["method"]] = row[metric]
+        missing = [u for u, scores in updates.items() if not set(attack_names) | set(floor_names) <= set(scores)]
+        if not updates or missing:
+            raise ValueError(
+                f"option {option!r}: every update needs rows of {list(attack_names) + list(floor_names)}; "
+                f"{'no updates' if not updates else f'missing for {missing[:3]}'}"
+            )
+        best_attack = [max(scores[m] for m in attack_names) for scores in updates.values()]
+        best_floor = [max(scores[m] for m in floor_names) for scores in updates.values()]
+        paired[metric] = stats.paired(best_attack, best_floor, margin=margin)
+        unit, fmt = UNITS[metric]
+        sentences[metric] = stats.compare("the strongest attack", "the best floor", paired[metric], unit=unit, fmt=fmt)
+    if all(p.holds for p in paired.values()):
+        verdict: Verdict = "leaks"
+    elif all(p.gap.mean <= p.margin for p in paired.values()):
+        verdict = "at the floor"
+    else:
+        verdict = "unclear"
+    return Protection(option, verdict, paired, sentences)

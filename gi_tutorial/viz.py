@@ -581,3 +581,86 @@ def settings_table(tally, settings: Sequence[dict[str, Any]], methods: Sequence[
         row["n"] = len(tally.values(next(iter(metrics)), method=methods[0], **where))
         rows.append(row)
     return markdown_table(rows, columns, formats={"n": "{:d}", **{f"x{k}": "{:.2f}" for k in range(len(extra))}})
+
+
+def option_table(tally, options: dict[Any, str], methods: Sequence[str], metrics: dict[str, tuple[str, str]],
+                 extra: dict[str, Sequence[Any]] | None = None, key: str = "option", header: str = "option"):
+    """A Markdown table with one row per value of ``key`` (``options`` maps each value to its label) and one column
+    per method; each cell holds the metrics as mean ± sd (ddof = 1) over the matching rows, joined by " · "
+    (``metrics`` maps a metric to ``(format, unit)``, e.g. ``("{:.1f}", " dB")``). ``extra`` adds columns after the
+    label (header -> one text per option); the last column is each row's n."""
+    from .stats import mean_sd
+
+    def cell(method: str, value: Any) -> str:
+        parts = [mean_sd(v).format(fmt, unit, with_n=False) for metric, (fmt, unit) in metrics.items()
+                 if (v := tally.values(metric, method=method, **{key: value}))]
+        return " · ".join(parts) if parts else "–"
+
+    extra = extra or {}
+    columns = {"label": header, **{f"x{k}": h for k, h in enumerate(extra)},
+               **{f"m{k}": m for k, m in enumerate(methods)}, "n": "n"}
+    rows = []
+    for i, (value, label) in enumerate(options.items()):
+        row = {"label": label, **{f"x{k}": texts[i] for k, texts in enumerate(extra.values())}}
+        row.update({f"m{k}": cell(m, value) for k, m in enumerate(methods)})
+        row["n"] = len(tally.values(next(iter(metrics)), method=methods[0], **{key: value}))
+        rows.append(row)
+    return markdown_table(rows, columns, formats={"n": "{:d}"})
+
+
+def option_grid(rows: dict[str, dict[str, torch.Tensor]], size: float = 1.0, title: str | None = None) -> plt.Figure:
+    """Batches in a grid: one row per label of ``rows`` (e.g. the truth, then each attack), one column per option
+    (the inner dicts' keys, the same in every row); each cell shows its batch ``(B, C, H, W)`` side by side."""
+    options = list(next(iter(rows.values())))
+    batch = max(len(images) for by_option in rows.values() for images in by_option.values())
+    fig, axes = plt.subplots(len(rows), len(options), squeeze=False,
+                             figsize=(size * batch * len(options) + 1.2, size * len(rows) + 0.5))
+    for r, (label, by_option) in enumerate(rows.items()):
+        for c, option in enumerate(options):
+            images = by_option[option].detach().cpu().clamp(0, 1)
+            gap = torch.ones(*images.shape[1:-1], 2)  # a white line between the images of a batch
+            strip = torch.cat([part for image in images for part in (image, gap)][:-1], dim=-1)
+            _draw(axes[r, c], strip, option if r == 0 else None)
+        axes[r, 0].set_ylabel(label, fontsize=9, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def option_scores(tally, options: dict[Any, str], methods: Sequence[str], floors: Sequence[str] = (),
+                  key: str = "option", size: tuple[float, float] = (10.0, 3.4)) -> plt.Figure:
+    """Two panels (identification, PSNR): per option (x, categorical; ``options`` maps values of ``key`` to labels),
+    each method's mean ± sd over the matching rows, and the ``floors`` (no-gradient guesses) as grey crosses."""
+    import textwrap
+
+    from .stats import mean_sd
+
+    fig, axes = plt.subplots(1, 2, figsize=size)
+    series = [(m, "o", f"C{k}") for k, m in enumerate(methods)] + \
+             [(f, "x", f"{0.25 + 0.3 * k:.2f}") for k, f in enumerate(floors)]
+    width = 0.6 / max(1, len(series) - 1)
+    for ax, (metric, label) in zip(axes, (("identified", "identified"), ("psnr", "PSNR (dB)"))):
+        for k, (method, marker, color) in enumerate(series):
+            xs, ys, errs = [], [], []
+            for i, value in enumerate(options):
+                values = tally.values(metric, method=method, **{key: value})
+                if values:
+                    s = mean_sd(values)
+                    xs.append(i - 0.3 + k * width)
+                    ys.append(s.mean)
+                    errs.append(0 if math.isnan(s.sd) else s.sd)
+            name = f"{method} (no gradient)" if method in floors else method
+            ax.errorbar(xs, ys, yerr=errs, fmt=marker, color=color, ms=6, capsize=3, label=name)
+        ax.set_xticks(range(len(options)), [textwrap.fill(label, 12) for label in options.values()], fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+        if metric == "identified":
+            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+            ax.set_ylim(-0.05, 1.05)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    n = len(tally.values("psnr", method=methods[0], **{key: next(iter(options))}))
+    fig.suptitle(f"What the curious server's attacks recover under each option (mean ± sd, n = {n} updates each)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

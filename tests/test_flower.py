@@ -1,21 +1,25 @@
 """The Flower deployment (gi_tutorial.flower): what a curious strategy receives, with and without DP.
 
-All but the last test call Flower's strategies, wrappers and mods directly, with messages built
-by hand and the client app called in this process (no Ray); the last runs one real simulation
-(2 clients, 1 round) through Flower's simulation engine on Ray.
+Every test calls Flower's strategies, wrappers, mods and apps directly, with messages built by
+hand or a Grid that hands them to the client app in this process: none starts Ray. The real
+simulation on Ray runs in chapter 7 (book/ch07_flower.ipynb), which ``make test`` executes once
+in quick mode; a second Ray instance here would compete with it for the two cores.
 """
+
 from __future__ import annotations
 
+import contextlib
+import doctest
 import math
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from gi_tutorial import data, defenses, fl, flower, models
+from gi_tutorial import data, defenses, fl, flower, models, stats
 
 LR = 0.1
 CLIP = 0.05  # below every update norm here (about 0.1 at lr 0.1), so clipping acts
@@ -31,13 +35,55 @@ class StubGrid:
         return self.node_ids
 
 
-@pytest.fixture(autouse=True)
-def outside_a_run():
+def context_for(node_ids, node_id):
+    return Context(
+        run_id=0,
+        node_id=node_id,
+        node_config={"partition-id": list(node_ids).index(node_id), "num-partitions": len(node_ids)},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+class InProcessGrid(StubGrid):
+    """A Flower Grid that hands each message to a ClientApp in this process (no Ray), as the simulation engine would."""
+
+    def __init__(self, app, node_ids):
+        super().__init__(node_ids)
+        self.app = app
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for msg in messages:
+            try:
+                replies.append(self.app(msg, context_for(self.node_ids, msg.metadata.dst_node_id)))
+            except Exception as error:  # as Flower's engine does: the client's exception becomes an error reply
+                replies.append(Message(Error(code=1, reason=f"{type(error).__name__}: {error}"), reply_to=msg))
+        return replies
+
+
+def in_process(server, client, num_supernodes):
+    """An engine for run_deployments that runs the ServerApp and the ClientApp here, without Ray."""
+    grid = InProcessGrid(client, range(101, 101 + num_supernodes))
+    server(grid, Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    return 0.0
+
+
+@contextlib.contextmanager
+def task_identity():
     """Flower stamps every message with the running task's identity; outside a run, these tests set one."""
     saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
     TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+@pytest.fixture(autouse=True)
+def outside_a_run():
+    with task_identity():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +105,12 @@ def victim():
 
 def run_round(strategy, app, victim, node_ids=(11, 22), server_round=1):
     """One round by hand: configure_train through ``strategy``, each client app called here, aggregate_train."""
-    messages = list(strategy.configure_train(server_round, ArrayRecord(victim.state_dict()),
-                                             ConfigRecord({flower.LR_KEY: LR}), StubGrid(node_ids)))
-    replies = []
-    for msg in messages:
-        partition = list(node_ids).index(msg.metadata.dst_node_id)
-        context = Context(run_id=0, node_id=msg.metadata.dst_node_id,
-                          node_config={"partition-id": partition, "num-partitions": len(node_ids)},
-                          state=RecordDict(), run_config={})
-        replies.append(app(msg, context))
+    messages = list(
+        strategy.configure_train(
+            server_round, ArrayRecord(victim.state_dict()), ConfigRecord({flower.LR_KEY: LR}), StubGrid(node_ids)
+        )
+    )
+    replies = [app(msg, context_for(node_ids, msg.metadata.dst_node_id)) for msg in messages]
     return replies, strategy.aggregate_train(server_round, replies)
 
 
@@ -123,8 +166,11 @@ def test_curious_strategy_passes_aggregation_through_bit_identically(fashion, vi
     alone = FedAvg(fraction_evaluate=0.0, min_train_nodes=3, min_available_nodes=3)
     replies, (expected_arrays, expected_metrics) = run_round(alone, app, victim, node_ids=(5, 6, 7))
     curious = flower.CuriousStrategy(FedAvg(fraction_evaluate=0.0, min_train_nodes=3, min_available_nodes=3), victim)
-    messages = list(curious.configure_train(1, ArrayRecord(victim.state_dict()), ConfigRecord({flower.LR_KEY: LR}),
-                                            StubGrid((5, 6, 7))))
+    messages = list(
+        curious.configure_train(
+            1, ArrayRecord(victim.state_dict()), ConfigRecord({flower.LR_KEY: LR}), StubGrid((5, 6, 7))
+        )
+    )
     assert sorted(m.metadata.dst_node_id for m in messages) == [5, 6, 7]
     arrays, metrics = curious.aggregate_train(1, replies)  # the very replies FedAvg aggregated alone
     assert list(arrays.keys()) == list(expected_arrays.keys())
@@ -172,8 +218,9 @@ def test_above_the_server_side_wrapper_the_curious_strategy_sees_the_raw_update(
 
 def assert_noise_added_after(arrays, received, std):
     """The wrapper's aggregate is the mean of what the curious strategy saw plus N(0, std^2) per entry."""
-    noise = np.concatenate([(arrays[k].numpy() - np.mean([r.returned[k] for r in received], axis=0)).ravel()
-                            for k in arrays.keys()])
+    noise = np.concatenate(
+        [(arrays[k].numpy() - np.mean([r.returned[k] for r in received], axis=0)).ravel() for k in arrays.keys()]
+    )
     assert noise.std() == pytest.approx(std, rel=0.02)  # 96.7k entries: the estimate is within 0.5%
     assert abs(noise.mean()) < 5 * std / math.sqrt(noise.size)
 
@@ -194,23 +241,29 @@ def test_a_reply_that_does_not_match_the_model_is_refused(shards, victim):
     curious = flower.CuriousStrategy(flower.fedsgd_strategy(2), victim)
     replies, _ = run_round(flower.fedsgd_strategy(2), flower.client_app(shards), victim)
     state = victim.state_dict()
-    messages = list(curious.configure_train(1, ArrayRecord(state), ConfigRecord({flower.LR_KEY: LR}),
-                                            StubGrid((11, 22))))
+    messages = list(
+        curious.configure_train(1, ArrayRecord(state), ConfigRecord({flower.LR_KEY: LR}), StubGrid((11, 22)))
+    )
     wrong = dict(state)
     wrong["classifier.weight"] = wrong["classifier.weight"][:, :100]
-    bad = Message(RecordDict({"arrays": ArrayRecord(wrong), "metrics": MetricRecord({"num-examples": 4})}),
-                  reply_to=messages[0])
+    bad = Message(
+        RecordDict({"arrays": ArrayRecord(wrong), "metrics": MetricRecord({"num-examples": 4})}), reply_to=messages[0]
+    )
     with pytest.raises(ValueError, match=r"'classifier.weight' has shape \(10, 100\).*does not match the model"):
         curious.aggregate_train(1, [bad])
     missing = {k: v for k, v in state.items() if k != "classifier.bias"}
-    bad = Message(RecordDict({"arrays": ArrayRecord(missing), "metrics": MetricRecord({"num-examples": 4})}),
-                  reply_to=messages[1])
+    bad = Message(
+        RecordDict({"arrays": ArrayRecord(missing), "metrics": MetricRecord({"num-examples": 4})}), reply_to=messages[1]
+    )
     with pytest.raises(ValueError, match="does not match the model"):
         curious.aggregate_train(1, [bad])
     with pytest.raises(ValueError, match="answers no train instruction"):
         curious.aggregate_train(2, replies)  # round 2 was never configured
-    stranger = Message(RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({})}), dst_node_id=33,
-                       message_type=MessageType.TRAIN)
+    stranger = Message(
+        RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({})}),
+        dst_node_id=33,
+        message_type=MessageType.TRAIN,
+    )
     with pytest.raises(ValueError, match="answers no train instruction"):
         curious.aggregate_train(1, [Message(replies[0].content, reply_to=stranger)])
 
@@ -240,29 +293,199 @@ def test_privacy_of_each_option():
         flower.DPConfig("secure_aggregation")
 
 
-def test_a_real_simulation_on_ray(fashion):
-    """Two clients, one round, in Flower's simulation engine: what the server keeps is each client's gradient."""
-    images, labels = fashion
-    deployment = flower.run_deployment((images[:8], labels[:8]), (images[8:], labels[8:]), num_clients=2,
-                                       num_rounds=1, lr=LR, seed=3)
-    assert sorted(r.client for r in deployment.received) == [0, 1]
-    victim = models.build_model("convnet_fc", in_channels=1)
-    updates = []
-    for r in deployment.received:
-        x, y = deployment.truth(r)
-        truth = fl.client_update(r.model(), x, y, share_labels=True)
-        assert max_abs_difference(r.update.gradients, truth.gradients) < 1e-5
-        assert torch.equal(r.update.labels, y)
-        updates.append(truth)
-    fl.server_step(victim, updates, LR)  # FedAvg of the returned parameters is FedSGD's step
-    for p, q in zip(victim.parameters(), deployment.model.parameters()):
-        assert torch.allclose(p, q, atol=1e-6)
-    assert set(deployment.accuracy) == {0, 1}
-
-
 def test_flowers_own_accountant_agrees_with_the_librarys():
     pytest.importorskip("dp_accounting", reason="Flower's accountant needs its dp extra: pip install 'flwr[dp]'")
     for z, rounds in ((1.0, 1), (1.43, 5), (0.8, 20)):
         dp = flower.DPConfig("server_clip", clipping_norm=CLIP, noise_multiplier=z)
-        assert flower.flower_epsilon(dp, rounds, num_clients=10) == pytest.approx(flower.privacy(dp, rounds).epsilon,
-                                                                                   rel=1e-6)
+        assert flower.flower_epsilon(dp, rounds, num_clients=10) == pytest.approx(
+            flower.privacy(dp, rounds).epsilon, rel=1e-6
+        )
+
+
+def test_routes_send_each_deployment_to_its_own_mods(shards, victim):
+    """One client app, several DP options: Flower routes train.<name> to the function registered under that name."""
+    local = flower.DPConfig("local", clipping_norm=CLIP, epsilon=8.0)
+    app = flower.client_app(shards, routes={"none": [], "local": local.mods()})
+    plain = flower.CuriousStrategy(flower.fedsgd_strategy(2), victim)
+    run_round(flower.Routed(plain, "none"), app, victim)
+    noised = flower.CuriousStrategy(flower.fedsgd_strategy(2), victim, dp=local)
+    run_round(flower.Routed(local.wrap(noised, 2), "local"), app, victim)
+    for exact in plain.received:
+        assert max_abs_difference(exact.update.gradients, true_update(victim, shards, exact).gradients) < 1e-5
+        assert exact.update.defense == ()
+    for r in noised.received:
+        truth = true_update(victim, shards, r)
+        noise = torch.cat(
+            [(LR * (a - b)).flatten() for a, b in zip(r.update.gradients, defenses.clip(truth, CLIP / LR).gradients)]
+        )
+        assert float(noise.std()) == pytest.approx(local.local_sigma, rel=0.02)
+        assert [d.name for d in r.update.defense] == ["local_gaussian"]
+        assert r.update.defense[0].settings["sigma"] == pytest.approx(local.local_sigma / LR)
+    with pytest.raises(ValueError, match="No train function registered with name 'server_clip'"):
+        run_round(flower.Routed(flower.fedsgd_strategy(2), "server_clip"), app, victim)
+    with pytest.raises(ValueError, match="identifier"):
+        flower.Routed(flower.fedsgd_strategy(2), "server-clip")
+
+
+def test_the_server_knows_the_public_settings_of_each_option():
+    assert flower.DPConfig().records(LR) == ()
+    (clip,) = flower.DPConfig("client_clip", clipping_norm=CLIP, noise_multiplier=1.0).records(LR)
+    assert clip.name == "clip" and clip.settings["max_norm"] == pytest.approx(CLIP / LR)
+    (clip,) = flower.DPConfig("server_clip", clipping_norm=CLIP, noise_multiplier=1.0).records(LR)
+    assert clip.settings["by"] == "the server"
+
+
+ALL_OPTIONS = [
+    flower.DPConfig(),
+    flower.DPConfig("server_clip", clipping_norm=CLIP, noise_multiplier=1.0),
+    flower.DPConfig("client_clip", clipping_norm=CLIP, noise_multiplier=1.0),
+    flower.DPConfig("local", clipping_norm=CLIP, epsilon=8.0),
+]
+
+
+@pytest.fixture(scope="module")
+def federation(fashion):
+    """Every option, two seeds, 2 clients, 2 rounds, batch 2: the whole deployment run in this process."""
+    images, labels = fashion
+    with task_identity():
+        return flower.run_deployments(
+            (images[:8], labels[:8]),
+            (images[8:], labels[8:]),
+            options=ALL_OPTIONS,
+            seeds=(0, 1),
+            num_clients=2,
+            num_rounds=2,
+            batch_size=2,
+            lr=LR,
+            engine=in_process,
+        )
+
+
+def test_a_federation_runs_every_option_and_seed(federation):
+    assert [(d.dp.kind, d.seed) for d in federation.deployments] == [(o.kind, s) for o in ALL_OPTIONS for s in (0, 1)]
+    for d in federation.deployments:
+        assert sorted((r.client, r.server_round) for r in d.received) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+        assert set(d.accuracy) == {0, 2} and all(0 <= a <= 1 for a in d.accuracy.values())
+    first = {s: federation.get("none", s).reply(0, 1).sent for s in (0, 1)}
+    assert not np.array_equal(first[0]["classifier.weight"], first[1]["classifier.weight"])  # the seed's victim
+    assert federation.versions["flwr"] == flwr_version()
+    with pytest.raises(ValueError, match="no deployment of 'local' with seed 7"):
+        federation.get("local", 7)
+    with pytest.raises(ValueError, match="no reply of client 5"):
+        federation.get("local", 0).reply(5)
+
+
+def flwr_version():
+    from importlib.metadata import version
+
+    return version("flwr")
+
+
+def test_without_dp_the_federation_takes_fedsgd_steps(federation):
+    """FedAvg over the returned parameters, round after round, is FedSGD's step on the clients' true gradients."""
+    d = federation.get("none", 1)
+    model = models.build_model("convnet_fc", in_channels=1, seed=1)
+    for server_round in (1, 2):
+        updates = [fl.client_update(model, *flower.client_batch(shard, server_round, 2)) for shard in d.shards]
+        fl.server_step(model, updates, LR)
+    for p, q in zip(model.parameters(), d.model.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert all(flower.inspect(d, r).distance < 1e-5 for r in d.received)
+
+
+def test_what_the_server_received_under_each_option(federation):
+    for r in federation.get("client_clip", 0).received + federation.get("server_clip", 0).received:
+        seen = flower.inspect(federation.get("client_clip", 0), r)
+        assert seen.clipped and seen.norm == pytest.approx(CLIP / LR, rel=1e-4)
+        assert seen.clipped_distance < 1e-5 and not seen.noised and seen.cosine > 0.99999
+    for r in federation.get("local", 0).received:
+        seen = flower.inspect(federation.get("local", 0), r)
+        assert seen.noised and seen.norm > 100 * seen.bound and abs(seen.cosine) < 0.05
+
+
+def test_both_central_wrappers_release_the_same_model(federation):
+    """Clipping on the server or on the client, then the same noise from the same seed: the same global model."""
+    for seed in (0, 1):
+        server, client = federation.get("server_clip", seed), federation.get("client_clip", seed)
+        for p, q in zip(server.model.parameters(), client.model.parameters()):
+            assert torch.equal(p, q)
+        assert not torch.equal(next(server.model.parameters()), next(federation.get("none", seed).model.parameters()))
+
+
+def test_a_failing_client_is_reported_not_silently_skipped(fashion, victim, shards):
+    images, labels = fashion
+    bad = labels.clone()
+    bad[:8] = 12  # no such class: the client's loss raises
+    with pytest.raises(RuntimeError, match="client replies carried an error.*labels"):
+        flower.run_deployments((images[:8], bad[:8]), options=[flower.DPConfig()], num_clients=2, engine=in_process)
+    curious = flower.CuriousStrategy(flower.fedsgd_strategy(2), victim)
+    messages = list(
+        curious.configure_train(
+            1, ArrayRecord(victim.state_dict()), ConfigRecord({flower.LR_KEY: LR}), StubGrid((11, 22))
+        )
+    )
+    curious.aggregate_train(1, [Message(Error(code=0, reason="out of memory"), reply_to=messages[0])])
+    assert curious.errors == [(1, 11, str(Error(code=0, reason="out of memory")))] and curious.received == []
+
+
+def test_run_deployments_refuses_bad_plans(fashion):
+    images, labels = fashion
+    with pytest.raises(ValueError, match="one option of each kind"):
+        flower.run_deployments((images, labels), options=[flower.DPConfig(), flower.DPConfig()], engine=in_process)
+    with pytest.raises(ValueError, match="at least one seed"):
+        flower.run_deployments((images, labels), seeds=(), engine=in_process)
+    with pytest.raises(ValueError, match="identifier"):
+        flower.client_app([], routes={"local dp": []})
+
+
+def test_the_exact_gaussian_epsilon():
+    for z in (0.5, 1.0, 2.0):  # Opacus's PRV accountant is tight up to its discretisation
+        prv = defenses.epsilon(2 * z, 1.0, 1, 1e-5, adjacency="replace_one", accountant="prv")  # sensitivity 2S
+        assert flower.gaussian_epsilon(z, 1e-5) == pytest.approx(prv, rel=0.02)
+    classic = math.sqrt(2 * math.log(1.25 / 1e-5)) / 0.5  # the classic calibration, proven for epsilon < 1
+    assert flower.gaussian_epsilon(classic, 1e-5) <= 0.5
+    assert flower.gaussian_epsilon(0.5, 1e-5) > flower.gaussian_epsilon(1.0, 1e-5) > flower.gaussian_epsilon(2.0, 1e-6)
+    for bad in ((0.0, 1e-5), (1.0, 0.0), (-1.0, 1e-5)):
+        with pytest.raises(ValueError):
+            flower.gaussian_epsilon(*bad)
+
+
+def test_who_each_option_protects_against():
+    local = flower.calibrate("local", clipping_norm=CLIP, rounds=3)
+    assert flower.privacy(local, 3).against_server == flower.privacy(local, 3, adjacency="replace_one").epsilon
+    assert flower.privacy(local, 3, adjacency="add_remove").against_server == flower.privacy(local, 3).against_server
+    for kind in ("none", "server_clip", "client_clip"):
+        assert flower.privacy(flower.calibrate(kind, clipping_norm=CLIP, rounds=3), 3).against_server == math.inf
+
+
+def verdict_tally(scores):
+    """A battery's rows for some options: {option: {method: [(psnr, identified) per seed]}}."""
+    tally = stats.Tally(("option", "seed", "method"))
+    for option, methods in scores.items():
+        for method, values in methods.items():
+            for seed, (psnr, identified) in enumerate(values):
+                tally.add(option=option, seed=seed, method=method, psnr=psnr, identified=identified)
+    return tally
+
+
+def test_the_verdict_needs_both_scores():
+    floors = {"label only": [(15.0, 0.0)] * 3, "prior sample": [(12.0, 0.25), (11.0, 0.0), (12.5, 0.0)]}
+    tally = verdict_tally(
+        {
+            "open": {"GI-x": [(40.0, 1.0), (38.0, 1.0), (31.0, 0.75)], "GIAS": [(30.0, 1.0)] * 3, **floors},
+            "closed": {"GI-x": [(8.0, 0.0)] * 3, "GIAS": [(13.0, 0.0), (15.5, 0.25), (12.0, 0.0)], **floors},
+            "mixed": {"GI-x": [(14.0, 0.75)] * 3, "GIAS": [(15.0, 0.5)] * 3, **floors},
+        }
+    )
+    assert flower.protection(tally, "open").verdict == "leaks"
+    closed = flower.protection(tally, "closed")
+    assert closed.verdict == "at the floor" and closed.paired["identified"].gap.mean == 0.0
+    assert "no clear winner" in closed.sentences["psnr"]
+    assert flower.protection(tally, "mixed").verdict == "unclear"  # identified above the floors, PSNR not
+    with pytest.raises(ValueError, match="missing"):
+        flower.protection(tally.select(method=["GI-x", "label only", "prior sample"]), "open")
+
+
+def test_the_docstring_examples_hold():
+    result = doctest.testmod(flower, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
