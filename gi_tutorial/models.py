@@ -15,6 +15,8 @@ The book's named victims, built by :func:`build_model` with a fixed seed:
 - ``"convnet_s"``, **victim S**: the ConvNet of victim A with widths 8, 16, 16 (13.8k
   parameters for one input channel), small enough that a batch of 16 has more pixels than
   the gradient has entries;
+- ``"convnet_m"``, **victim M**: widths 12, 24, 24 (23.3k), between S and A, so that chapter 4's
+  central figure has victims of three widths on one axis of unknowns per equation;
 - ``"convnet_fc"``, **victim A**: widths 32, 64, 64 and a fully connected head (96.7k);
 - ``"convnet_gap"``, **victim B**: four convolutions and global average pooling (242k).
 
@@ -30,10 +32,9 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
-import torchvision
 
-MODELS = ("mlp", "lenet", "convnet_s", "convnet_fc", "convnet_gap", "convnet_bn", "resnet18")
-VICTIMS = {"S": "convnet_s", "A": "convnet_fc", "B": "convnet_gap"}  # the chapters' names for them
+MODELS = ("mlp", "lenet", "convnet_s", "convnet_fc", "convnet_gap", "convnet_bn", "resnet18", "convnet_m")
+VICTIMS = {"S": "convnet_s", "M": "convnet_m", "A": "convnet_fc", "B": "convnet_gap"}  # the chapters' names for them
 
 
 class MLP(nn.Module):
@@ -112,6 +113,8 @@ def resnet18(in_channels: int = 3, num_classes: int = 10) -> nn.Module:
 
     Its global average pooling takes any image size (``model.image_size`` is None).
     """
+    import torchvision  # here, not at the top: importing it costs seconds in every Flower client process
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()
@@ -124,7 +127,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
 
     Args:
         name: ``"mlp"`` (one hidden layer of 256), ``"lenet"`` (DLG), ``"convnet_s"`` (victim S:
-            widths 8, 16, 16, fully connected head), ``"convnet_fc"`` (victim A: widths 32, 64,
+            widths 8, 16, 16, fully connected head), ``"convnet_m"`` (victim M: widths 12, 24,
+            24, fully connected head), ``"convnet_fc"`` (victim A: widths 32, 64,
             64, fully connected head on the 8x8 feature map), ``"convnet_gap"`` (four
             convolutions, global average pooling), ``"convnet_bn"`` (two convolutions with
             BatchNorm, fully connected head) or ``"resnet18"`` (CIFAR stem).
@@ -153,6 +157,8 @@ def build_model(name: str, in_channels: int = 3, num_classes: int = 10, seed: in
             model = LeNet(in_channels, num_classes)
         elif name == "convnet_s":
             model = ConvNet(in_channels, num_classes, widths=(8, 16, 16), strides=(1, 2, 2), head="flatten")
+        elif name == "convnet_m":
+            model = ConvNet(in_channels, num_classes, widths=(12, 24, 24), strides=(1, 2, 2), head="flatten")
         elif name == "convnet_fc":
             model = ConvNet(in_channels, num_classes, widths=(32, 64, 64), strides=(1, 2, 2), head="flatten")
         elif name == "convnet_gap":

@@ -130,3 +130,18 @@ def test_build_model_rejects_bad_sizes(kwargs):
 def test_unknown_model_name_is_rejected_before_anything_is_built():
     with pytest.raises(ValueError, match="unknown model 'LeNet'; expected one of mlp, lenet, convnet_s, convnet_fc"):
         models.build_model("LeNet")
+
+
+def test_victim_m_sits_between_s_and_a_with_its_parameter_count_by_hand():
+    # convnet_m: widths (12, 24, 24), strides (1, 2, 2), a linear layer on the 24x8x8 feature map:
+    #   conv1:  1 * 12 * 9 + 12 =    120
+    #   conv2: 12 * 24 * 9 + 24 =  2,616
+    #   conv3: 24 * 24 * 9 + 24 =  5,208
+    #   linear: 24 * 64 * 10 + 10 = 15,370
+    #   total                      = 23,314
+    model = models.build_model("convnet_m", in_channels=1)
+    assert models.VICTIMS["M"] == "convnet_m"
+    assert models.num_parameters(model) == 120 + 2_616 + 5_208 + 15_370 == 23_314
+    assert model.classifier.in_features == 24 * 8 * 8
+    sizes = [models.num_parameters(models.build_model(models.VICTIMS[v], in_channels=1)) for v in "SMA"]
+    assert sizes == sorted(sizes) and len(set(sizes)) == 3  # three different widths, S < M < A
