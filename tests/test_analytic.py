@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gi_tutorial import analytic, fl, models
+from gi_tutorial import analytic, fl, generators, models
 
 
 @pytest.mark.parametrize("seed", range(10))
@@ -143,22 +143,120 @@ def test_label_from_weight_gradient_shape_error():
     assert analytic.label_from_weight_gradient(torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.1, 0.1]])) == 1
 
 
-def test_count_unknowns():
+def test_count_unknowns_is_the_pixel_count():
     model = models.build_model("lenet")
     count = analytic.count_unknowns(model, (3, 32, 32), batch_size=8)
+    assert count == analytic.count(model, (3, 32, 32), 8, space="pixels")
     assert count.unknowns == 8 * 3 * 32 * 32 == 24_576
-    assert count.equations == models.num_parameters(model) == 15_826
-    assert count.ratio == pytest.approx(15_826 / 24_576)
+    assert count.entries == models.num_parameters(model) == 15_826
+    # softmax: the classifier's 10 x 768 weight gradient sums to zero over the classes (768) and so does its bias (1)
+    assert count.dependent == 769 and count.equations == 15_826 - 769
+    assert count.ratio == pytest.approx(24_576 / 15_057)  # unknowns per independent equation
     one = analytic.count_unknowns(model, (3, 32, 32))
-    assert one.unknowns == 3072 and one.equations == 15_826 and one.ratio > 1 > count.ratio
+    assert one.unknowns == 3072 and one.ratio < 1 < count.ratio
+    assert not one.under_determined and count.under_determined
     gap = analytic.count_unknowns(models.build_model("convnet_gap", in_channels=1), (1, 32, 32), batch_size=4)
-    assert (gap.unknowns, gap.equations) == (4 * 1024, 241_546)
+    assert (gap.unknowns, gap.entries, gap.equations) == (4 * 1024, 241_546, 241_546 - 129 - 352)
+
+
+def test_the_true_counts_of_the_chapters():
+    """LeNet is under-determined from batch 5 (6 by the raw parameter count); victim S at batch 16 has a ratio of 1.28."""
+    lenet = models.build_model("lenet")
+    first = next(b for b in range(1, 20) if analytic.count(lenet, (3, 32, 32), b).under_determined)
+    raw_first = next(b for b in range(1, 20) if b * 3 * 32 * 32 > models.num_parameters(lenet))
+    assert (first, raw_first) == (5, 6)
+    victim_s = models.build_model("convnet_s", in_channels=1)
+    count = analytic.count(victim_s, (1, 32, 32), 16)
+    assert round(count.ratio, 2) == 1.28
+    assert round(16 * 1024 / models.num_parameters(victim_s), 2) == 1.19  # what the raw count said
+    assert analytic.exact_dependencies(victim_s) == {"softmax": 16 * 8 * 8 + 1, "rescaling": 8 + 16 + 16}
+
+
+def test_count_per_search_space():
+    victim_s = models.build_model("convnet_s", in_channels=1)
+    generator = generators.Generator()
+    weights = sum(p.numel() for p in generator.parameters())
+    assert weights == 566_689  # the shipped DCGAN's size: stage 2 of GIAS searches this many numbers per image
+    equations = analytic.independent_entries(victim_s)
+    latent = analytic.count(victim_s, (1, 32, 32), 32, space="latent", generator=generator)
+    assert (latent.unknowns, latent.equations, latent.space) == (32 * 64, equations, "latent")
+    assert latent.ratio == pytest.approx(2048 / equations) and latent.ratio < 1
+    per_image = analytic.count(victim_s, (1, 32, 32), 4, space="weights", generator=generator)
+    assert per_image.unknowns == 4 * 566_689 and per_image.under_determined
+    shared = analytic.count(victim_s, (1, 32, 32), 4, space="shared_weights", generator=generator)
+    assert shared.unknowns == 566_689
+    pixels = analytic.count(victim_s, (1, 32, 32), 4)
+    assert len({c.equations for c in (latent, per_image, shared, pixels)}) == 1  # the gradient is the same
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(space="latent"), "needs the generator"),
+    (dict(space="voxels"), "unknown space 'voxels'"),
+    (dict(space="latent", generator=torch.nn.Linear(2, 2)), "z_dim"),
+])
+def test_count_space_errors(lenet, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        analytic.count(lenet, (3, 32, 32), 2, **kwargs)
 
 
 @pytest.mark.parametrize("shape, batch, match", [((32, 32), 1, "image_shape"), ((3, 32, 32), 0, "batch_size")])
 def test_count_unknowns_errors(lenet, shape, batch, match):
     with pytest.raises(ValueError, match=match):
         analytic.count_unknowns(lenet, shape, batch)
+
+
+def _tiny_models():
+    """Small enough that the span of their gradients can be computed exactly (float64)."""
+    torch.manual_seed(1)
+    bn_eval = models.ConvNet(1, 4, widths=(2, 3), strides=(1, 2), head="flatten", batch_norm=True, image_size=6).eval()
+    with torch.no_grad():  # running statistics and affine parameters away from their defaults
+        for m in bn_eval.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
+    return {
+        "linear": (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 4)), (1, 3, 3)),
+        "mlp": (models.MLP(1, 4, hidden=5, image_size=3), (1, 3, 3)),
+        "convnet": (models.ConvNet(1, 4, widths=(2, 3), strides=(1, 2), head="flatten", image_size=6), (1, 6, 6)),
+        "convnet_gap": (models.ConvNet(1, 4, widths=(2, 3, 3), strides=(1, 2, 1), head="gap", image_size=6), (1, 6, 6)),
+        "convnet_bn_train": (models.ConvNet(1, 4, widths=(2, 3), strides=(1, 2), head="flatten", batch_norm=True,
+                                            image_size=6), (1, 6, 6)),
+        "convnet_bn_eval": (bn_eval, (1, 6, 6)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tiny_models()))
+def test_independent_entries_is_the_dimension_of_the_gradients_span(name):
+    """The exact dependencies are all there is: gradients of many random batches span exactly ``equations`` dimensions.
+
+    An identity missed would leave the span smaller than the count; one counted that does not hold, larger.
+    """
+    model, shape = _tiny_models()[name]
+    model = model.double()
+    entries = models.num_parameters(model)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(3 * entries):  # batches of 1 to 3 random images and labels
+        b = 1 + i % 3
+        # wide inputs, so that every (Leaky)ReLU unit takes both signs: a unit that never changes sign on the
+        # sampled inputs is linear there and adds identities that hold on those inputs only (found with N(0, 1))
+        x = 10 * torch.randn(b, *shape, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 4, (b,), generator=g)
+        rows.append(torch.cat([t.flatten() for t in fl.batch_gradients(model, x, y)[0]]))
+    singular = torch.linalg.svdvals(torch.stack(rows))
+    span = int((singular > 1e-10 * singular[0]).sum())
+    assert span == analytic.independent_entries(model) < entries
+    # a clear gap between the last direction counted and the first one not: the span is no rounding artefact
+    # (in train mode BatchNorm's near-dependencies sit just above the gap, at about 1e-8 of the largest value)
+    assert singular[span - 1] > 1e4 * singular[span]
+
+
+def test_batchnorm_scale_identity_holds_only_in_eval_mode():
+    models_ = _tiny_models()
+    train, _ = models_["convnet_bn_train"]
+    evaluated, _ = models_["convnet_bn_eval"]
+    assert "scale_before_batchnorm" not in analytic.exact_dependencies(train)
+    assert analytic.exact_dependencies(evaluated)["scale_before_batchnorm"] == 2 + 3
+    assert analytic.exact_dependencies(train)["bias_before_batchnorm"] == 2 + 3
 
 
 # LeakyReLU victims: the last layer's input can be negative, so only the bias gradient is exact.
