@@ -1,24 +1,27 @@
 """The book as a whole: notebooks in sync and clean, packaging consistent, the build passes with -W,
-and the built pages render in a real browser (headless Chromium, when installed) with no network."""
+and the built pages render in a real browser (headless Chromium, when installed) with no network.
+
+The build is the session's one build (tests/conftest.py, ``built_book``): ``jupyter-book build -W``
+from the jupyter-cache that the session's single execution of the chapters filled, so that no
+chapter runs twice.
+"""
+
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
 import pytest
 import yaml
 
+import browser_check
+import execute_book
+import student_notebooks
+import sync_notebooks
+import vendor_js
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-import browser_check  # noqa: E402
-import student_notebooks  # noqa: E402
-import sync_notebooks  # noqa: E402
-import vendor_js  # noqa: E402
-
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
 
 
@@ -57,7 +60,10 @@ def test_notebook_committed_clean(path):
     first = nb.cells[0]
     assert sync_notebooks.TAG in first.metadata.get("tags", [])
     setup = next(c for c in nb.cells[1:] if c.cell_type == "code")
-    assert "hide-cell" in setup.metadata.get("tags", []), "the first code cell must be the hidden setup cell"
+    # its code is folded in the book (hide-input shows the output, hide-cell hides both)
+    assert {"hide-input", "hide-cell"} & set(setup.metadata.get("tags", [])), (
+        "the first code cell must be the setup cell, its code folded (tag hide-input)"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -80,8 +86,13 @@ def test_student_copy_has_no_solutions(path):
     assert "{solution" not in text
     assert "{exercise}" in text
     for code in solution_code:
-        body = [line for line in code.splitlines() if line.startswith("    ") and line.strip()
-                and not line.strip().startswith(('"""', "raise NotImplementedError"))]
+        body = [
+            line
+            for line in code.splitlines()
+            if line.startswith("    ")
+            and line.strip()
+            and not line.strip().startswith(('"""', "raise NotImplementedError"))
+        ]
         for line in body:
             assert line not in text, f"a solution's code leaked into the student copy: {line!r}"
 
@@ -115,25 +126,20 @@ def test_ci_runs_the_readme_test_command():
     commands = re.findall(r"^(make \w+)\s+#", readme, flags=re.MULTILINE)
     assert commands[:2] == ["make book", "make test"], commands
     ci = (ROOT / ".ci" / "run").read_text()
-    assert re.search(r"^make test\b", ci, flags=re.MULTILINE)
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory):
-    """The whole book, every chapter executed (quick mode, set by conftest), warnings as errors."""
-    out = tmp_path_factory.mktemp("book")
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "jupyter-book"), "build", str(ROOT), "--path-output", str(out), "-W",
-         "--keep-going"],
-        capture_output=True, text=True, cwd=ROOT,
-    )
-    return result, out / "_build" / "html"
+    test = re.search(r"^make test\b", ci, flags=re.MULTILINE)
+    lint = re.search(r"^make lint\b", ci, flags=re.MULTILINE)
+    assert test and lint and lint.start() < test.start(), "CI runs `make lint`, then `make test`"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\nlint: " in makefile, "the Makefile has no lint target"
+    target = makefile.split("\nlint: ", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check ." in target and "ruff format --check ." in target
 
 
 @pytest.mark.book
 def test_book_builds_without_warnings(built_book):
-    result, html = built_book
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    log = Path(built_book["log"]).read_text(errors="replace")
+    assert built_book["returncode"] == 0, execute_book.strip_ansi(log[-8000:])
+    html = Path(built_book["html"])
     for nb in NOTEBOOKS:
         page = (html / "book" / f"{nb.stem}.html").read_text()
         assert "{glue" not in page, f"an unresolved glue reference in {nb.stem}"
@@ -146,33 +152,68 @@ def test_book_builds_without_warnings(built_book):
 
 
 @pytest.mark.book
-@pytest.mark.skipif(browser_check.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    browser_check.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)"
+)
 def test_built_book_renders_in_a_browser(built_book):
     """Headless Chromium, no network: math typeset, images loaded, widgets rendered, no JS error, on every page."""
-    result, html = built_book
-    assert result.returncode == 0, "the book did not build"
+    assert built_book["returncode"] == 0, "the book did not build"
+    html = Path(built_book["html"])
     shots = html.parent / "screenshots"
     assert browser_check.main([str(html), "--screenshots", str(shots)]) == 0
     assert {p.stem for p in shots.glob("*.png")} >= {nb.stem for nb in NOTEBOOKS}
+
+
+@pytest.mark.book
+def test_the_build_executed_nothing(built_book, executed_book):
+    """Every chapter came from the session's execution (jupyter-cache): none ran a second time in the build."""
+    executed = [name for name, outcome in executed_book["chapters"].items() if outcome["ok"]]
+    assert built_book["from_cache"] == len(executed), built_book
+    if len(executed) == len(executed_book["chapters"]):  # a chapter that failed is run again by the build
+        assert built_book["executed_by_build"] == 0, built_book
 
 
 def test_vendored_javascript_matches_its_manifest():
     assert vendor_js.check() == [], "run make vendor"
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     assert config["sphinx"]["local_extensions"] == {"sphinx_vendor": "tools"}
-    assert not (ROOT / "_static").exists() or not list((ROOT / "_static").rglob("*.js")), \
+    assert not (ROOT / "_static").exists() or not list((ROOT / "_static").rglob("*.js")), (
         "every .js under _static/ is added to every page: vendored files belong in vendor/"
+    )
 
 
-@pytest.mark.skipif(browser_check.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
+@pytest.mark.skipif(
+    browser_check.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)"
+)
 def test_browser_check_catches_raw_math_broken_images_and_errors(tmp_path, capsys):
     """The check itself: a page whose math never typesets, with a missing image and a script error, fails."""
     page = tmp_path / "html" / "book" / "broken.html"
     page.parent.mkdir(parents=True)
-    page.write_text('<html><head></head><body><p><span class="math">\\(x^2\\)</span></p>'
-                    '<img src="missing.png"><script>undefinedFunction();</script></body></html>')
-    assert browser_check.main([str(tmp_path / "html"), "--screenshots", str(tmp_path / "shots"),
-                               "--budget-ms", "3000"]) == 1
+    page.write_text(
+        '<html><head></head><body><p><span class="math">\\(x^2\\)</span></p>'
+        '<img src="missing.png"><script>undefinedFunction();</script></body></html>'
+    )
+    assert (
+        browser_check.main([str(tmp_path / "html"), "--screenshots", str(tmp_path / "shots"), "--budget-ms", "3000"])
+        == 1
+    )
     out = capsys.readouterr().out
     assert "FAIL book/broken.html" in out
     assert "raw LaTeX" in out and "image(s) did not load" in out and "JavaScript errors" in out
+
+
+def test_license_and_citation_agree_with_the_package():
+    """LICENSE is MIT, as pyproject says; CITATION.cff names the package's version, licence and repository."""
+    project = _tomllib().loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"} or project["license"] == "MIT"
+    license_text = (ROOT / "LICENSE").read_text()
+    assert license_text.startswith("MIT License") and "The gi-tutorial authors" in license_text
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    assert citation["cff-version"] == "1.2.0"
+    assert citation["version"] == project["version"] and citation["license"] == "MIT"
+    assert citation["repository-code"] == config["repository"]["url"]
+    assert citation["title"].startswith(config["title"])
+    assert citation["authors"] == [{"name": "The gi-tutorial authors"}]
+    gias = next(r for r in citation["references"] if r["title"] == "Gradient Inversion with Generative Image Prior")
+    assert gias["year"] == 2021 and gias["authors"][0]["family-names"] == "Jeon"

@@ -1,41 +1,40 @@
 """A fresh machine: the chapters run on what pip installs, and `make data` says what it needs.
 
-The chapters are executed in quick mode with Debian's Fashion-MNIST package hidden
-(``GI_TUTORIAL_DEBIAN_DIR`` pointed at an empty folder) and an empty data folder
-(``GI_TUTORIAL_DATA``), offline: only the images inside the foolbox wheel and the shipped
-generator remain, as on a clean clone without root.
+The chapters are executed once per test session (tests/conftest.py, ``executed_book``), in quick
+mode with Debian's Fashion-MNIST package hidden (``GI_TUTORIAL_DEBIAN_DIR`` pointed at an empty
+folder) and an empty data folder (``GI_TUTORIAL_DATA``), offline: only the images inside the
+foolbox wheel and the shipped generator remain, as on a clean clone without root. The same
+execution feeds the book's build (tests/test_book.py) and the Colab checks (tests/test_colab.py).
 """
+
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 import yaml
 
+import execute_book
 from gi_tutorial import data
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-
-import run_notebooks  # noqa: E402
-
-NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+CHAPTERS = execute_book.chapters()
 
 
 @pytest.fixture
 def hidden(tmp_path, monkeypatch):
     """Environment of a fresh machine: no Debian data package, an empty data folder."""
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    env = {"GI_TUTORIAL_DEBIAN_DIR": str(empty), "GI_TUTORIAL_DATA": str(empty / "data")}
+    env = execute_book.fresh_machine_env(tmp_path)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
 
 
-def test_debian_folder_is_a_setting(hidden, tmp_path):
+def test_debian_folder_is_a_setting(hidden):
     assert data.debian_fashion_mnist_dir() == Path(hidden["GI_TUTORIAL_DEBIAN_DIR"])
     with pytest.raises(data.DataNotFoundError) as err:
         data.fashion_mnist("train", 10, allow_download=False)
@@ -49,17 +48,25 @@ def test_shipped_images_are_enough_for_quick_mode(hidden):
 
 def test_make_data_names_every_source_when_none_has_the_data(hidden):
     """`python -m gi_tutorial.data --ensure` (what `make data` runs) exits 1 and names every source tried."""
-    done = subprocess.run([sys.executable, "-m", "gi_tutorial.data", "--no-install", "--ensure", "cifar10:test:20",
-                           "fashion_mnist:train"], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, **hidden, "http_proxy": "http://127.0.0.1:9",
-                               "https_proxy": "http://127.0.0.1:9"})
+    done = subprocess.run(
+        [sys.executable, "-m", "gi_tutorial.data", "--ensure", "cifar10:test:20", "fashion_mnist:train"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **hidden, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"},
+    )
     if done.returncode == 0:  # a machine with internet: torchvision downloaded the train split
         assert "torchvision download" in done.stdout
         return
     assert done.returncode == 1
     assert "data: cifar10:test:20: already present" in done.stdout
-    for source in ("torchvision files under", "Debian dataset-fashion-mnist", "foolbox", "torchvision download",
-                   "installing Debian dataset-fashion-mnist: not attempted"):
+    for source in (
+        "torchvision files under",
+        "Debian dataset-fashion-mnist",
+        "foolbox",
+        "torchvision download",
+        "apt-get install dataset-fashion-mnist",
+    ):
         assert source in done.stderr, (source, done.stderr)
 
 
@@ -71,9 +78,12 @@ def test_ensure_parses_specs():
 
 
 def test_make_book_fetches_data_before_building():
+    """`make data` installs Debian's package where it can (tools/), then checks or downloads (the library)."""
     makefile = (ROOT / "Makefile").read_text()
     assert "\nbook: $(STAMP) data\n" in makefile
-    assert "-m gi_tutorial.data --ensure $(BOOK_DATA)" in makefile
+    data_target = makefile.split("\ndata: ", 1)[1].split("\n\n", 1)[0]
+    install = data_target.index("tools/debian_data.py $(BOOK_DATA)")
+    assert install < data_target.index("-m gi_tutorial.data --ensure $(BOOK_DATA)")
 
 
 def test_book_excludes_caches_and_build_folders():
@@ -83,9 +93,42 @@ def test_book_excludes_caches_and_build_folders():
         assert folder in excluded, folder
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_chapter_runs_on_a_fresh_machine(path, hidden):
-    """Quick mode with no Debian package and no data folder: every cell runs."""
-    run = run_notebooks.execute(path, env={**hidden, "GI_TUTORIAL_QUICK": "1", "GI_TUTORIAL_THREADS": "1",
-                                           "GI_TUTORIAL_PROGRESS": "0"})
-    assert not run.errors, f"{path.name}: {run.errors}"
+def test_the_session_ran_the_chapters_as_a_fresh_machine(executed_book):
+    assert executed_book["quick"] and executed_book["fresh_machine"]
+    env = executed_book["env"]
+    assert env["GI_TUTORIAL_QUICK"] == "1"
+    for key in ("GI_TUTORIAL_DEBIAN_DIR", "GI_TUTORIAL_DATA"):
+        folder = Path(env[key])
+        assert folder.is_dir() and not any(folder.iterdir()), f"{key} = {folder} is not an empty folder"
+    assert set(executed_book["chapters"]) == {nb.name for nb in CHAPTERS}
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_chapter_runs_on_a_fresh_machine(path, executed_book):
+    """Quick mode, no Debian package, no data folder: every cell runs (else the failing cell's traceback shows)."""
+    outcome = executed_book["chapters"][path.name]
+    if not outcome["ok"]:
+        pytest.fail(
+            f"{path.name} failed on a fresh machine (quick mode, data hidden):\n"
+            f"{execute_book.strip_ansi(outcome['traceback'])}",
+            pytrace=False,
+        )
+
+
+def test_a_failing_chapter_reports_its_cell_and_traceback(tmp_path, monkeypatch):
+    """What the chapters' tests show when a cell fails: the cell's code and the error, from the one execution."""
+    nb = nbformat.v4.new_notebook(
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 41"),
+        nbformat.v4.new_code_cell("raise ValueError(f'boom {x + 1}')"),
+        nbformat.v4.new_code_cell("never = True"),
+    ]
+    path = tmp_path / "chXX_broken.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setattr(execute_book, "chapters", lambda: [path])
+    outcome = execute_book.execute(tmp_path / "_build", timeout=120, workers=1)[path.name]
+    assert not outcome["ok"] and outcome["executed_now"]
+    traceback = execute_book.strip_ansi(outcome["traceback"])
+    assert "raise ValueError(f'boom {x + 1}')" in traceback and "ValueError: boom 42" in traceback

@@ -237,14 +237,44 @@ def leftover_myst(markdown: str) -> list[str]:
 # ---------------------------------------------------------------- notebook
 
 
-def _glue_cells(cells) -> dict[str, int]:
-    """name -> index of the last code cell that glues it literally (``viz.glue("name", ...)``)."""
-    where = {}
-    for i, cell in enumerate(cells):
-        if cell.cell_type == "code":
-            for name in re.findall(r"glue\(\s*[\"']([^\"'{}]+)[\"']", cell.source):
-                where[name] = i
-    return where
+class _GlueIndex:
+    """Which code cell glues each name, read from the chapter's code (it is not run here).
+
+    A cell glues ``name`` if it calls ``glue("name", ...)``, or ``glue(f"rms_{db}", ...)`` with an
+    f-string that can spell it, or ``glue(variable, ...)`` while spelling ``"name"`` in a string
+    (``for name, value in {"cs_n": n}.items(): viz.glue(name, value)``). The last such cell wins.
+    """
+
+    LITERAL = re.compile(r"glue\(\s*([\"'])([^\"'{}]+)\1")
+    F_STRING = re.compile(r"glue\(\s*f([\"'])(.*?)\1")
+    VARIABLE = re.compile(r"glue\(\s*[A-Za-z_]\w*\s*,")
+    STRING = re.compile(r"([\"'])([\w.-]+)\1")
+
+    def __init__(self, cells) -> None:
+        self.cells = []
+        for i, cell in enumerate(cells):
+            if cell.cell_type != "code":
+                continue
+            literals = {m[2] for m in self.LITERAL.finditer(cell.source)}
+            patterns = [
+                re.compile(".+".join(re.escape(part) for part in re.split(r"\{[^{}]*\}", m[2])))
+                for m in self.F_STRING.finditer(cell.source)
+            ]
+            strings = {m[2] for m in self.STRING.finditer(cell.source)} if self.VARIABLE.search(cell.source) else set()
+            if literals or patterns or strings:
+                self.cells.append((i, literals, patterns, strings))
+
+    def get(self, name: str, default: int = -1) -> int:
+        """The index of the last code cell that glues ``name`` (``default`` if none does)."""
+        found = default
+        for i, literals, patterns, strings in self.cells:
+            if name in literals or name in strings or any(p.fullmatch(name) for p in patterns):
+                found = i
+        return found
+
+
+def _glue_cells(cells) -> _GlueIndex:
+    return _GlueIndex(cells)
 
 
 def _form_cell(title: str, body: str, cell_id: str) -> nbformat.NotebookNode:
