@@ -9,16 +9,24 @@ Flower's own pieces (its Message API, Flower >= 1.21):
   gradient step on one private batch at the learning rate the server configured, and returns
   the parameters, with the batch size (Flower's ``num-examples``) and, as the book's threat
   model says, the labels.
-- :func:`server_app`: Flower's ``FedAvg`` driven by ``Strategy.start``, the global model's
-  accuracy on held-out images after every round.
+- :func:`server_app`: deployments one after another, each Flower's ``FedAvg`` (or any
+  strategy) driven by ``Strategy.start``, with the global model's accuracy on held-out images
+  before the first round and after the last.
 - :class:`CuriousStrategy`: a strategy wrapper that forwards every call to any Flower
   strategy unchanged and keeps what the server receives from each client in each round as a
   :class:`Received`: the model sent, the parameters returned, and the
   :class:`~gi_tutorial.fl.SharedUpdate` the library's attacks take, whose gradient is
   recovered as ``(w_sent - w_returned) / lr`` (:func:`recover_gradient`).
-- :class:`DPConfig`: Flower's three DP options, and :func:`privacy`, their epsilon.
-- :func:`simulate` and :func:`run_deployment`: the whole deployment in Flower's simulation
-  engine, with a backend kept cheap on a 2-core machine (one Ray actor, one CPU).
+- :class:`DPConfig`: Flower's three DP options; :func:`privacy`, their epsilon for the
+  released model and against the server; :func:`gaussian_epsilon`, the exact epsilon of
+  ``LocalDpMod``'s noise (Balle and Wang, 2018).
+- :func:`run_deployments`: every DP option and seed in **one** run of Flower's simulation
+  engine (Ray starts once; :class:`Routed` sends each deployment's instructions under its
+  option's name, which Flower routes to the client function registered with that option's
+  mods), with a backend kept cheap on a 2-core machine (one Ray actor, one CPU).
+- :func:`inspect`: what the server received, against the client's true gradient (scoring
+  only); :func:`protection`: whether the server's attacks beat the no-gradient floors, on
+  both scores (chapter 7's verdicts, :data:`CLAIMS`).
 
 What the curious strategy sees under each of Flower's DP options (from Flower 1.42's source,
 ``flwr/serverapp/strategy/dp_fixed_clipping.py`` and ``flwr/clientapp/mod/*``; the tests check
@@ -39,6 +47,10 @@ it, ``benchmarks/flower_probe.py`` measures it):
 So central DP in Flower protects the released model, not the client from the server; only
 local noise reaches the server. Flower draws all DP noise from NumPy's global generator;
 :func:`client_app` and :func:`server_app` seed it so that a run is reproducible.
+
+This module imports no attack code: the simulation's Ray worker imports it (the client app's
+function lives here) before its first client can answer, and every import there is paid for
+in the time to the first reply.
 
 Flower's telemetry (a report of every run to flower.ai) is switched off here:
 ``FLWR_TELEMETRY_ENABLED=0`` unless the environment sets it. A textbook on privacy does not
