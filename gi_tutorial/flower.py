@@ -73,9 +73,23 @@ from typing import Any, Callable, Literal
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # read once, when Flower is imported
 
+import importlib.util  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+
+# Without Flower and Ray, fail here with what to install, not deep inside Flower (or, worse, at the
+# simulation's start): the flower extra needs Python 3.11 or later (Flower 1.42 does).
+_MISSING = [name for name in ("flwr", "ray") if importlib.util.find_spec(name) is None]
+if _MISSING:
+    raise ImportError(
+        f"gi_tutorial.flower needs Flower with its simulation engine (missing here: {', '.join(_MISSING)}); "
+        "install the flower extra, pip install 'gi-tutorial[flower]', which needs Python 3.11 or later "
+        f"(this is Python {sys.version_info.major}.{sys.version_info.minor})"
+    )
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod  # noqa: E402
@@ -1226,3 +1240,60 @@ def protection(
     else:
         verdict = "unclear"
     return Protection(option, verdict, paired, sentences)
+
+
+VERDICT_WORDS: dict[str, str] = {
+    "leaks": "the attacks beat the floors on both scores: the client's images leak to the server",
+    "at the floor": "the attacks get no more than the floors on either score: the server learns nothing "
+    "the labels did not tell it",
+    "unclear": "the two scores disagree: no verdict",
+}
+
+
+def _listing(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def verdict_lines(verdicts: Mapping[str, Protection], labels: Mapping[str, str]) -> str:
+    """One Markdown bullet per option: its verdict in words, with both scores' comparisons."""
+    return "\n".join(
+        f"- **{labels[kind]}**: {VERDICT_WORDS[v.verdict]} (identification: {v.sentences['identified']}; "
+        f"PSNR: {v.sentences['psnr']})."
+        for kind, v in verdicts.items()
+    )
+
+
+def verdict_sentence(verdicts: Mapping[str, Protection], labels: Mapping[str, str]) -> str:
+    """Which options brought the server's attacks down to the floors, and under which the images leaked."""
+    found = {v: [labels[k] for k, p in verdicts.items() if p.verdict == v] for v in VERDICT_WORDS}
+    floor = found["at the floor"]
+    parts = [
+        f"{'only ' if len(floor) < len(verdicts) else ''}{_listing(floor)} brought the attacks down to the floors"
+        if floor
+        else "no option brought the attacks down to the floors"
+    ]
+    parts += [f"under {_listing(found['leaks'])} the client's images leaked"] if found["leaks"] else []
+    parts += [f"{_listing(found['unclear'])} gave no verdict"] if found["unclear"] else []
+    return "against the server, " + "; ".join(parts)
+
+
+def largest_gap(
+    tally: stats.Tally, metric: str, baseline: str, options: Sequence[str], methods: Sequence[str] = ATTACKS
+) -> float:
+    """The largest difference in ``metric`` between an attack under ``baseline`` and under any of ``options``.
+
+    Paired row by row (the tally's rows of one option and method, in the order they were added:
+    the same seeds and updates under every option).
+
+    Raises:
+        ValueError: an option has another number of rows than the baseline.
+    """
+    gaps = []
+    for option in options:
+        for method in methods:
+            a = tally.values(metric, option=baseline, method=method)
+            b = tally.values(metric, option=option, method=method)
+            if len(a) != len(b) or not a:
+                raise ValueError(f"{method}: {len(a)} rows under {baseline!r} but {len(b)} under {option!r}")
+            gaps += [abs(x - y) for x, y in zip(a, b)]
+    return max(gaps)

@@ -486,6 +486,40 @@ def test_the_verdict_needs_both_scores():
         flower.protection(tally.select(method=["GI-x", "label only", "prior sample"]), "open")
 
 
+def test_the_verdicts_in_words_follow_the_verdicts():
+    floors = {"label only": [(15.0, 0.0)] * 3, "prior sample": [(12.0, 0.0)] * 3}
+    leak = {"GI-x": [(40.0, 1.0), (38.0, 1.0), (31.0, 0.75)], "GIAS": [(30.0, 1.0)] * 3, **floors}
+    tally = verdict_tally(
+        {
+            "none": leak,
+            "server_clip": {**leak, "GIAS": [(30.0, 1.0), (29.0, 1.0), (30.0, 0.75)]},
+            "local": {"GI-x": [(8.0, 0.0)] * 3, "GIAS": [(13.0, 0.0)] * 3, **floors},
+        }
+    )
+    labels = {"none": "no DP", "server_clip": "server-side clipping", "local": "LocalDpMod"}
+    verdicts = {kind: flower.protection(tally, kind) for kind in labels}
+    assert flower.verdict_sentence(verdicts, labels) == (
+        "against the server, only LocalDpMod brought the attacks down to the floors; "
+        "under no DP and server-side clipping the client's images leaked"
+    )
+    lines = flower.verdict_lines(verdicts, labels).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("- **LocalDpMod**: " + flower.VERDICT_WORDS["at the floor"])
+    assert flower.largest_gap(tally, "psnr", "none", ["server_clip"]) == 1.0  # GIAS, second seed
+    assert flower.largest_gap(tally, "identified", "none", ["server_clip"]) == 0.25
+    with pytest.raises(ValueError, match="rows"):
+        flower.largest_gap(tally, "psnr", "none", ["missing"])
+
+
+def test_without_flower_the_module_says_what_to_install(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    monkeypatch.delitem(sys.modules, "gi_tutorial.flower")
+    with pytest.raises(ImportError, match=r"missing here: ray.*gi-tutorial\[flower\].*Python 3.11 or later"):
+        importlib.import_module("gi_tutorial.flower")
+
+
 def test_the_docstring_examples_hold():
     result = doctest.testmod(flower, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
