@@ -13,15 +13,19 @@ use seeds 10-14 and images 3000-3999), with chapter 5's budget, and prints the c
 and the held-out one side by side, with mean ± sd and n. "Ahead" and "behind" hold when the
 held-out comparison finds them again; "no clear winner" holds unless the held-out groups show a
 clear winner against the chapter's mean gap (:func:`gi_tutorial.giml.still_holds`). The chapter's
-target (:func:`gi_tutorial.giml.target_met`) holds when it is met, or missed, on both. About 6
-minutes on one core.
+target (:func:`gi_tutorial.giml.target_met`) is printed for both, not enforced: the chapter states
+whether it is met on each. ``--out`` writes the held-out runs (the chapter shows the shipped
+``gi_tutorial/results/ch5_verify.json`` beside its verdicts). About 6 to 8 minutes on one core.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
+
+import torch
 
 from gi_tutorial import attacks, config, data, fl, giml, models, stats, storage, yardstick
 
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--quick", action="store_true", help="quick budgets: a smoke test of every code path (proves nothing)")
+    parser.add_argument("--out", default="", help="also write the held-out runs, with provenance, to this results file")
     args = parser.parse_args(argv)
     if args.quick:
         os.environ[config.QUICK_ENV] = "1"
@@ -61,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             attack_group(victim, batch, seed, cursor, recipes, priors, held_out, images, labels, stick)
             cursor += batch
+    seconds = time.perf_counter() - start
     print(f"chapter 5, held out: victim seeds {args.seeds}, Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1}, "
-          f"{time.perf_counter() - start:.0f} s")
+          f"{seconds:.0f} s")
+    if args.out:
+        command = " ".join(["python benchmarks/verify_ch5.py", *(argv if argv is not None else sys.argv[1:])])
+        storage.save_results(args.out, held_out.to_json(), command=command, seeds=list(args.seeds),
+                             cases=[list(c) for c in CASES], images=f"Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1}",
+                             budgets=dataclasses.asdict(attacks.budget_for("ch5")), seconds=round(seconds, 1),
+                             torch=torch.__version__)
     failed = 0
     for victim, batch in CASES:
         where = dict(victim=victim, batch=batch)
@@ -80,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"held out {got}: {'holds' if holds else 'DOES NOT HOLD'}\n"
                       f"             held out: {sides}; {check[metric][1]}")
         said, found = giml.target_met(shipped, **where), giml.target_met(held_out, **where)
-        failed += said[0] != found[0]
-        print(f"  target (GIAS with GIML >= untrained + 15 points and >= non-meta, identified): chapter says "
-              f"{'met' if said[0] else 'not met'} ({said[1]:+.0%}, {said[2]:+.0%}), held out "
-              f"{'met' if found[0] else 'not met'} ({found[1]:+.0%}, {found[2]:+.0%}): "
-              f"{'holds' if said[0] == found[0] else 'DOES NOT HOLD'}")
+        print(f"  target (GIAS with GIML >= untrained + 15 points and >= non-meta, identified; printed, not "
+              f"enforced): chapter's table {'met' if said[0] else 'not met'} ({said[1]:+.0%}, {said[2]:+.0%}), held "
+              f"out {'met' if found[0] else 'not met'} ({found[1]:+.0%}, {found[2]:+.0%})")
     print(f"chapter 5: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'}")
     return 1 if failed else 0
 

@@ -115,8 +115,8 @@ def fashion_mnist(exclude: torch.Tensor | None = None, *, k: int = K_CANDIDATES,
                   score: Literal["psnr", "ssim"] = "psnr") -> Yardstick:
     """The yardstick of chapters 3 to 7: the train split as public sample, test images 8000+ as the pool.
 
-    Falls back to the 20 shipped test images (minus ``exclude``, the targets) where the splits
-    cannot be loaded, and says so in ``description``.
+    Falls back to the 20 shipped test images (minus ``exclude``, the targets), ranked regardless
+    of class, where the splits cannot be loaded, and says so in ``description``.
     """
     try:
         public, public_labels = data.fashion_mnist("train", allow_download=not is_quick())
@@ -127,9 +127,11 @@ def fashion_mnist(exclude: torch.Tensor | None = None, *, k: int = K_CANDIDATES,
     except data.DataNotFoundError:
         public, public_labels = data.fashion_mnist("test", data.NUM_SHIPPED)
         public, public_labels = _without(public, public_labels, exclude)
-        pool, pool_labels = public, public_labels
+        # 20 images leave some classes without a second member: rank against all of them, as cifar10() does
         description = (f"stand-in (the Fashion-MNIST splits are not on this machine): the {len(public)} shipped test "
-                       "images that are not targets serve as public sample and pool")
+                       "images that are not targets, of any class, serve as public sample and pool")
+        return Yardstick(public, public_labels, public, public_labels, k=len(public), same_class=False, score=score,
+                         description=description)
     pool, pool_labels = _without(pool, pool_labels, exclude)
     return Yardstick(public, public_labels, pool, pool_labels, k=k, same_class=True, score=score,
                      description=description)
