@@ -222,7 +222,7 @@ def psnr_of(images, truth) -> float:
 
 
 def run_breaching(batch, attack, iters, images01, labels, clock, every):
-    """One breaching attack: (curve [(seconds, iteration, psnr)], final psnr, seconds, ms per iteration)."""
+    """One breaching attack: curve [(seconds, iteration, psnr, evaluations)], final PSNR, seconds, iterations, evaluations."""
     case = build_case(batch, attack, iters, images01, labels)
     attacker, mean, std = case["attacker"], case["mean"], case["std"]
     truth = (case["true"]["data"] * std + mean).clamp(0, 1)
@@ -234,7 +234,7 @@ def run_breaching(batch, attack, iters, images01, labels, clock, every):
         t = clock.now()
         marks.append((iteration, t))
         if iteration % every == 0:
-            snaps.append((t, iteration, candidate.detach().clone()))
+            snaps.append((t, iteration, candidate.detach().clone(), evals[0]))
         closure = original(candidate, labels_, rec_model, optimizer, shared_data, iteration)
 
         def counted():
@@ -248,9 +248,9 @@ def run_breaching(batch, attack, iters, images01, labels, clock, every):
     rec, stats = attacker.reconstruct([case["payload"]], [case["shared"]], {}, dryrun=False)
     seconds = clock.now() - start
     to01 = lambda x: x * std + mean  # noqa: E731
-    curve = [(t - start, it, psnr_of(to01(x), truth)) for t, it, x in snaps]
+    curve = [(t - start, it, psnr_of(to01(x), truth), ev) for t, it, x, ev in snaps]
     final = psnr_of(to01(rec["data"].detach()), truth)
-    curve.append((seconds, len(marks), final))
+    curve.append((seconds, len(marks), final, evals[0]))
     return dict(curve=curve, final=final, seconds=seconds, iterations=len(marks), evals=evals[0])
 
 
@@ -290,7 +290,7 @@ def layer_weights(spec: str, target) -> list[float] | None:
 
 
 def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
-    """Run one recipe; its curve [(seconds, iteration, psnr)], final PSNR, seconds, iterations and evaluations.
+    """Run one recipe: its curve [(seconds, iteration, psnr, evaluations)], final PSNR, seconds, iterations, evaluations.
 
     Time is stamped at the end of every iteration (``project()`` runs once per iteration). With
     restarts, the curve is what an attacker who interleaves the trials would hold: at each
@@ -300,13 +300,13 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
     from gi_tutorial import invert, priors, spaces
 
     evals = [0]
-    curve: list[tuple[float, int, float]] = []
+    curve: list[tuple[float, int, float, int]] = []
     start = clock.now()
     previous = None  # the last phase's images: where the next phase starts
     done = 0  # iterations of earlier phases
     for phase in recipe.phases:
         tv = priors.TotalVariation(phase.tv) if phase.tv else None
-        trial_stamps: list[list[float]] = []  # per trial: the init's stamp, then one per iteration
+        trial_stamps: list[list[tuple[float, int]]] = []  # per trial: (time, evaluations) at init, then per iteration
         warm = previous
 
         class TimedPixelSpace(spaces.PixelSpace):
@@ -325,7 +325,7 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
             def project(self):
                 super().project()
                 stamps = trial_stamps[-1]
-                stamps.append(clock.now())
+                stamps.append((clock.now(), evals[0]))
                 if tv is not None and phase.tv_end is not None:  # a geometric schedule of the TV weight
                     tv.weight = phase.tv * (phase.tv_end / phase.tv) ** min(1.0, (len(stamps) - 1) / phase.iters)
 
@@ -341,15 +341,16 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
                                  priors=[tv] if tv is not None else [], history_every=max(1, phase.iters // points),
                                  progress=False)
         phase_end = clock.now()
-        offset = phase_start - start
+        offset, evals_before = phase_start - start, trial_stamps[0][0][1]
         histories = [{s.iteration: s for s in trial.history} for trial in rec.trials]
         for snap in rec.trials[rec.best].history[:-1]:  # snapshot i holds the iterate that iteration i-1 produced
             i = snap.iteration
             found = [(h[i].grad_loss, k) for k, h in enumerate(histories) if i in h]
             chosen = histories[min(found)[1]][i]
-            t = offset + sum(s[min(i, len(s) - 1)] - s[0] for s in trial_stamps) + (trial_stamps[0][0] - phase_start)
-            curve.append((t, done + i, psnr_of(chosen.images, truth)))
-        curve.append((phase_end - start, done + phase.iters, psnr_of(rec.images, truth)))  # after the ranking
+            t = offset + sum(s[min(i, len(s) - 1)][0] - s[0][0] for s in trial_stamps) + (trial_stamps[0][0][0] - phase_start)
+            ev = evals_before + sum(s[min(i, len(s) - 1)][1] - s[0][1] for s in trial_stamps)
+            curve.append((t, done + i, psnr_of(chosen.images, truth), ev))
+        curve.append((phase_end - start, done + phase.iters, psnr_of(rec.images, truth), evals[0]))  # after the ranking
         previous = rec.images.clone()
         done += phase.iters
     seconds = clock.now() - start
@@ -358,7 +359,6 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
 
 def bare_ratio(model, update, labels, shape, n, rounds):
     """Marginal ms per library iteration (2n minus n) vs a hand-written double-backprop + Adam step, interleaved."""
-    import copy
     import statistics
     import time
 
@@ -368,7 +368,7 @@ def bare_ratio(model, update, labels, shape, n, rounds):
 
     target = [g for g in update.gradients]
 
-    def bare(k, model=model):
+    def bare(k):
         params = [p for p in model.parameters() if p.requires_grad]
         x = torch.rand(shape, requires_grad=True)
         opt = torch.optim.Adam([x], lr=0.1, fused=True)
@@ -392,23 +392,27 @@ def bare_ratio(model, update, labels, shape, n, rounds):
         return run(2 * k) - run(k)
 
     bare(1), lib(1)  # warm-up
-    ours, ref, copied = [], [], []
+    ours, ref = [], []
     for _ in range(rounds):
         ours.append(lib(n) / n)
         ref.append(bare(n) / n)
-        copied.append(bare(n, copy.deepcopy(model)) / n)  # for comparison: a deep copy of the model is slower
-    return (1000 * statistics.median(ours), 1000 * statistics.median(ref),
-            statistics.median(a / b for a, b in zip(ours, ref)), 1000 * statistics.median(copied))
+    ratios = sorted(a / b for a, b in zip(ours, ref))
+    return 1000 * statistics.median(ours), 1000 * statistics.median(ref), statistics.median(ratios), ratios
 
 
 def time_to(curve, level):
-    return next((t for t, _, p in curve if p >= level), None)
+    return next((point[0] for point in curve if point[2] >= level), None)
+
+
+def evals_to(curve, level):
+    """Gradient evaluations until `level` is first reached (None if never): a measure that machine load leaves alone."""
+    return next((point[3] for point in curve if point[2] >= level), None)
 
 
 def time_held(curve, level):
     """From when on every later iterate (the final one included) stays at or above `level`; None if the final is below."""
     held = None
-    for t, _, p in curve:
+    for t, _, p, _ in curve:
         if p >= level:
             held = t if held is None else held
         else:
@@ -418,16 +422,17 @@ def time_held(curve, level):
 
 def at_time(curve, seconds):
     """PSNR of the last iterate that existed at `seconds` (None before the first)."""
-    before = [p for t, _, p in curve if t <= seconds]
+    before = [p for t, _, p, _ in curve if t <= seconds]
     return before[-1] if before else None
 
 
 def mark(curve, level):
-    """The first time `level` is reached, starred when the final iterate is below it again; 'never' if not reached."""
+    """The first time (s) and evaluations at which `level` is reached, starred when the final iterate is below it
+    again; 'never' if not reached."""
     reach = time_to(curve, level)
     if reach is None:
         return "never"
-    return f"{reach:.1f} s" + ("" if time_held(curve, level) is not None else "*")
+    return f"{reach:.0f} s/{evals_to(curve, level)}" + ("" if time_held(curve, level) is not None else "*")
 
 
 def fmt(x, spec="6.2f", none="-"):
@@ -463,7 +468,8 @@ def cached_breaching(args, batch, attack, iters, images01, labels, clock, every)
     path = ROOT / "out" / f"breaching_{attack}_b{batch}_first{first}_{iters}it_{args.clock}.json"
     if args.reuse_breaching and path.exists():
         stored = json.loads(path.read_text())
-        stored["curve"] = [tuple(p) for p in stored["curve"]]
+        # results stored before evaluations were recorded: breaching's IG evaluates once per iteration
+        stored["curve"] = [tuple(p) if len(p) == 4 else (*p, p[1]) for p in stored["curve"]]
         print(f"(breaching {attack}: stored result {path} reused)", flush=True)
         return stored
     result = run_breaching(batch, attack, iters, images01, labels, clock, every)
@@ -554,11 +560,11 @@ def benchmark(args) -> int:
             print(f"ours {name}: {res['iterations']} it, {res['seconds']:.1f} s, final {res['final']:.2f} dB", flush=True)
 
         if args.ratio_rounds > 0:
-            lib_ms, bare_ms, ratio, copy_ms = bare_ratio(model, update, shared_labels, tuple(truth.shape),
-                                                         n=2 if q else args.ratio_iters,
-                                                         rounds=1 if q else args.ratio_rounds)
+            lib_ms, bare_ms, ratio, ratios = bare_ratio(model, update, shared_labels, tuple(truth.shape),
+                                                        n=2 if q else args.ratio_iters,
+                                                        rounds=1 if q else args.ratio_rounds)
         else:
-            lib_ms = bare_ms = ratio = copy_ms = None
+            lib_ms = bare_ms = ratio = ratios = None
         checkpoints = [float(c) for c in args.checkpoints.split(",")] if args.checkpoints else \
             [round(target_s * f, 1) for f in (0.05, 0.1, 0.25, 0.5, 1.0)]
         print(f"\nbatch {batch}: floors (no gradient): flat mid-grey {fl_['grey']:.2f} dB, mean image of the other "
@@ -570,8 +576,8 @@ def benchmark(args) -> int:
               f" PSNR (dB) at each time (s) is that of the last iterate computed by then.", flush=True)
         head = (f"{'attack':<58} {'iters':>5} {'evals':>5} {'seconds':>7} {'ms/eval':>7} {'final':>6} {'-floor':>6} | "
                 + " ".join(f"{'@' + format(c, 'g') + 's':>7}" for c in checkpoints)
-                + f" | {'to floor+3':>10} {'to floor+6':>10} | {'to ' + format(target_psnr, '.2f') + ' dB':>12} "
-                f"{'speed-up':>8} | {'to 30 dB':>9}")
+                + f" | {'to floor+3':>11} {'to floor+6':>11} | {'to ' + format(target_psnr, '.2f') + ' dB':>12} "
+                f"{'speed-up':>8} | {'to 30 dB':>11}")
         print(head)
         print("-" * len(head))
         row_record = []
@@ -581,20 +587,19 @@ def benchmark(args) -> int:
             print(f"{label[:58]:<58} {r['iterations']:>5} {r['evals']:>5} {r['seconds']:>7.1f} "
                   f"{1000 * r['seconds'] / max(1, r['evals']):>7.0f} {r['final']:>6.2f} {r['final'] - floor:>+6.2f} | "
                   + " ".join(f"{fmt(at_time(r['curve'], c), '7.2f'):>7}" for c in checkpoints)
-                  + f" | {mark(r['curve'], floor + 3):>10} {mark(r['curve'], floor + 6):>10} | "
-                  f"{mark(r['curve'], target_psnr):>12} {speedup:>8} | {mark(r['curve'], 30.0):>9}")
+                  + f" | {mark(r['curve'], floor + 3):>11} {mark(r['curve'], floor + 6):>11} | "
+                  f"{mark(r['curve'], target_psnr):>12} {speedup:>8} | {mark(r['curve'], 30.0):>11}")
             row_record.append(dict(label=label, **{k: r[k] for k in ("final", "seconds", "iterations", "evals", "curve")},
                                    to_floor3=time_to(r["curve"], floor + 3), held_floor3=time_held(r["curve"], floor + 3),
                                    to_floor6=time_to(r["curve"], floor + 6), held_floor6=time_held(r["curve"], floor + 6),
-                                   to_30=time_to(r["curve"], 30.0), held_30=time_held(r["curve"], 30.0)))
-        print("(* : the PSNR crossed that level then, but the run's final iterate is below it; n/m: not meaningful, "
-              "breaching's final is under floor + 3 dB)")
+                                   to_30=time_to(r["curve"], 30.0), held_30=time_held(r["curve"], 30.0),
+                                   evals_floor3=evals_to(r["curve"], floor + 3), evals_floor6=evals_to(r["curve"], floor + 6)))
+        print("(times to a level: CPU seconds / gradient evaluations; * : the PSNR crossed that level then, but the run's "
+              "final iterate is below it; n/m: not meaningful, breaching's final is under floor + 3 dB)")
         if ratio is not None:
-            print(f"per-step cost: an L2 Adam iteration of invert.reconstruct vs a bare double-backprop + Adam step on "
-                  f"this model (marginal cost, median of {1 if q else args.ratio_rounds} interleaved rounds): "
-                  f"{lib_ms:.0f} ms vs {bare_ms:.0f} ms = {ratio:.3f}x; the bare step on a deep copy of the model (why "
-                  f"invert.reconstruct attacks the caller's model and puts its buffers back, instead of copying it): "
-                  f"{copy_ms:.0f} ms = {copy_ms / bare_ms:.3f}x", flush=True)
+            print(f"per-step cost: an L2 Adam iteration of invert.reconstruct (marginal: 2n iterations minus n) vs a bare "
+                  f"double-backprop + Adam step on this model, median of {len(ratios)} interleaved rounds: {lib_ms:.0f} ms "
+                  f"vs {bare_ms:.0f} ms = {ratio:.3f}x (rounds: {' '.join(f'{r:.3f}' for r in ratios)})", flush=True)
         ours = [(label, r) for label, r in rows if label.startswith("ours")]
 
         def earliest(level, when):  # the earliest time over our recipes (inf if none)
@@ -608,7 +613,7 @@ def benchmark(args) -> int:
                             target_held=earliest(target_psnr, time_held), held30=earliest(30.0, time_held),
                             top=max(((r["final"], r["seconds"], label.split(":")[0]) for label, r in ours), default=None),
                             ratio=ratio))
-        record[batch] = dict(floors=fl_, rows=row_record, ratio=ratio, lib_ms=lib_ms, bare_ms=bare_ms,
+        record[batch] = dict(floors=fl_, rows=row_record, ratio=ratio, ratios=ratios, lib_ms=lib_ms, bare_ms=bare_ms,
                              images=list(range(first, first + batch)))
 
     print("\n=== summary and targets (issue 22) ===")
