@@ -11,10 +11,15 @@ from __future__ import annotations
 import contextlib
 import doctest
 import math
+import sys
 
 import numpy as np
 import pytest
 import torch
+
+if sys.version_info < (3, 11):  # the flower extra needs Python 3.11 (Flower 1.42): where it cannot install, skip
+    pytest.importorskip("flwr", reason="the flower extra (Flower 1.42) needs Python 3.11 or later")
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
@@ -512,7 +517,6 @@ def test_the_verdicts_in_words_follow_the_verdicts():
 
 def test_without_flower_the_module_says_what_to_install(monkeypatch):
     import importlib
-    import sys
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     monkeypatch.delitem(sys.modules, "gi_tutorial.flower")
