@@ -33,6 +33,12 @@ always state their adjacency (``"add_remove"`` or ``"replace_one"``) and their P
 sampling rate (:class:`FLSchedule` and :class:`SGDSchedule` state a schedule once);
 :func:`poisson_sample` is the sampling those accountants assume, used by the training code;
 :func:`describe_epsilon` prints an epsilon honestly.
+
+Auditing: :func:`audit` says whether a defense stopped the attacks, from a
+:class:`~gi_tutorial.stats.Tally` of battery rows (:func:`gi_tutorial.attacks.run_battery`):
+the strongest attack against the best no-gradient floor, update by update, on the
+identification score and on PSNR, with chapter 7's margins; :func:`stopping_level` is the
+smallest tested noise from which on an attack stays stopped.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import stats
 from .fl import DefenseRecord, SharedUpdate, check_batch, checked_logits, trainable_parameters
 
 Accountant = Literal["rdp", "prv"]
@@ -519,8 +526,12 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, 
     _check_adjacency(adjacency, sample_rate)
     _accountant(accountant)
     with _quiet_accountant():
-        z = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                       steps=steps, accountant=accountant))
+        try:
+            z = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                           steps=steps, accountant=accountant))
+        except ValueError as error:  # Opacus: "The privacy budget is too low."
+            raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon!r} with delta {delta!r}, "
+                             f"q = {sample_rate!r} over {steps} steps: ask for a larger epsilon or delta") from error
     return 2 * z if adjacency == "replace_one" else z
 
 
@@ -649,3 +660,75 @@ def describe_epsilon(eps: float, vacuous_above: float = VACUOUS_EPSILON) -> str:
     if math.isinf(eps):
         return "no guarantee (ε = ∞)"
     return f"vacuous (ε = {eps:.3g})" if eps > vacuous_above else f"ε = {eps:.3g}"
+
+
+# --- auditing a defense with the attack battery ---------------------------------------------
+
+AUDIT_MARGINS = {"identified": 0.05, "psnr": 1.0}  # "ahead" means by more than 5 points / 1 dB (as chapter 7)
+AUDIT_UNITS = {"identified": ("", "{:.0%}"), "psnr": (" dB", "{:.1f}")}
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Whether the strongest attack got more than the floors, on one defense setting (returned by :func:`audit`).
+
+    Attributes:
+        stopped: on the identification score, the strongest attack is not ahead of the best
+            floor by more than the margin on average: the defense stopped the attacks (the
+            book's criterion; PSNR is reported beside it, not used for it).
+        paired: per score (``"identified"``, ``"psnr"``), the strongest attack against the best
+            floor, update by update (:func:`gi_tutorial.stats.paired`).
+        sentences: per score, that comparison in words, with its computed verdict.
+    """
+
+    stopped: bool
+    paired: dict
+    sentences: dict
+
+
+def audit(tally: stats.Tally, attacks: Sequence[str] = ("GI-x", "GIAS"),
+          floors: Sequence[str] = ("label only", "prior sample"), **where) -> Audit:
+    """Did the defense in ``where`` stop ``attacks``? The strongest of them against the best of ``floors``, per update.
+
+    An update is a distinct value of the tally's keys other than ``method`` and those in
+    ``where`` (e.g. a victim seed and its images). Per update and score, the best attack's
+    score is paired with the best floor's (a defender judges a defense by the strongest
+    attack, and by the better of the guesses that use no gradient).
+
+    Raises:
+        ValueError: no rows match ``where``, or an update lacks one of the methods.
+    """
+    mine = tally.select(**where)
+    others = [k for k in tally.keys if k != "method" and k not in where]
+    updates: dict[tuple, dict] = {}
+    for row in mine.rows:
+        updates.setdefault(tuple(row[k] for k in others), {})[row["method"]] = row
+    missing = [u for u, rows in updates.items() if not set(attacks) | set(floors) <= set(rows)]
+    if not updates or missing:
+        raise ValueError(f"audit {where}: every update needs rows of {list(attacks) + list(floors)}; "
+                         f"{'no rows match' if not updates else f'missing for {missing[:3]}'}")
+    paired, sentences = {}, {}
+    for metric, margin in AUDIT_MARGINS.items():
+        best = [max(rows[m][metric] for m in attacks) for rows in updates.values()]
+        floor = [max(rows[m][metric] for m in floors) for rows in updates.values()]
+        paired[metric] = stats.paired(best, floor, margin=margin)
+        unit, fmt = AUDIT_UNITS[metric]
+        name = attacks[0] if len(attacks) == 1 else "the strongest attack"
+        sentences[metric] = stats.compare(name, "the best floor", paired[metric], unit=unit, fmt=fmt)
+    gap = paired["identified"]
+    return Audit(stopped=gap.gap.mean <= gap.margin, paired=paired, sentences=sentences)
+
+
+def stopping_level(tally: stats.Tally, attack: str | Sequence[str], levels: Sequence[float], *, key: str = "z",
+                   floors: Sequence[str] = ("label only", "prior sample"), **where) -> float | None:
+    """The smallest of ``levels`` (ascending) from which on :func:`audit` finds ``attack`` stopped at every larger level.
+
+    None when the attack is not stopped at the largest level tested.
+    """
+    names = (attack,) if isinstance(attack, str) else tuple(attack)
+    found = None
+    for level in sorted(levels, reverse=True):
+        if not audit(tally, names, floors, **{key: level}, **where).stopped:
+            break
+        found = level
+    return found

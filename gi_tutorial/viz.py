@@ -664,3 +664,72 @@ def option_scores(tally, options: dict[Any, str], methods: Sequence[str], floors
                  fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict], floors: dict[str, Any],
+                           anchors: Sequence[dict] = (), cap: float = 1e3, size: tuple[float, float] = (10.0, 6.4)) -> plt.Figure:
+    """Chapter 6's privacy-utility figure, four panels.
+
+    Top: test accuracy (mean ± sd) of DP-SGD against its example-level epsilon (``utility`` rows of
+    :func:`gi_tutorial.private_training.summarize` with ``experiment == "dp_sgd"``; no privacy drawn at
+    the right edge), published ``anchors`` (``epsilon``, ``accuracy``, ``source``) as stars; and of
+    DP-FedAvg against the clients per round (``experiment == "dp_fedavg"``), private and not.
+    Bottom: the best attack's identification and PSNR (``attack_points``: ``label``, ``epsilon`` (the one
+    that binds the server; ``inf`` for none), ``identified`` and ``psnr`` as MeanSD) against that
+    epsilon, log scale, capped at ``cap`` and drawn there as "∞ or > cap"; ``floors`` maps a floor's name
+    to its (identified, psnr) MeanSD pair, drawn as grey lines.
+    """
+    fig, axes = plt.subplots(2, 2, figsize=size)
+    (acc_eps, acc_m), (ident_ax, psnr_ax) = axes
+
+    def x_of(eps: float) -> float:
+        return cap if (math.isinf(eps) or eps > cap) else eps
+
+    sgd = [r for r in utility if r["experiment"] == "dp_sgd"]
+    private = sorted((r for r in sgd if math.isfinite(r["target_epsilon"])), key=lambda r: r["target_epsilon"])
+    if private:
+        acc_eps.errorbar([r["epsilon"] for r in private], [100 * r["accuracy"].mean for r in private],
+                         yerr=[0 if math.isnan(r["accuracy"].sd) else 100 * r["accuracy"].sd for r in private],
+                         marker="o", capsize=3, label="DP-SGD (this book, shipped)")
+    for r in sgd:
+        if not math.isfinite(r["target_epsilon"]):
+            acc_eps.axhline(100 * r["accuracy"].mean, color="grey", ls="--", lw=1, label="same network, no privacy")
+    for a in anchors:
+        acc_eps.scatter([a["epsilon"]], [100 * a["accuracy"]], marker="*", s=120, color="C3", zorder=3,
+                        label=a["source"][:40] + ("…" if len(a["source"]) > 40 else ""))
+    acc_eps.set_xscale("log")
+    acc_eps.set_xlabel("example-level ε (δ = 1e-5, add/remove, Poisson sampling)", fontsize=8)
+    acc_eps.set_ylabel("test accuracy (%)")
+    acc_eps.legend(fontsize=7)
+    fed = [r for r in utility if r["experiment"] == "dp_fedavg"]
+    for private_run, style in ((True, "o-"), (False, "s--")):
+        rows = sorted((r for r in fed if math.isfinite(r["target_epsilon"]) == private_run),
+                      key=lambda r: r["clients_per_round"])
+        if rows:
+            eps = rows[0]["target_epsilon"]
+            acc_m.errorbar([r["clients_per_round"] for r in rows], [100 * r["accuracy"].mean for r in rows],
+                           yerr=[0 if math.isnan(r["accuracy"].sd) else 100 * r["accuracy"].sd for r in rows],
+                           fmt=style, capsize=3,
+                           label=f"central DP-FedAvg, client-level ε = {eps:g}" if private_run else "FedSGD, no privacy")
+    acc_m.set_xscale("log")
+    acc_m.set_xlabel("expected clients per round (Poisson sampling)", fontsize=8)
+    acc_m.set_ylabel("test accuracy (%)")
+    acc_m.legend(fontsize=7)
+    for ax, metric, label in ((ident_ax, "identified", "best attack: identified"), (psnr_ax, "psnr", "best attack: PSNR (dB)")):
+        for k, point in enumerate(attack_points):
+            s = point[metric]
+            ax.errorbar([x_of(point["epsilon"])], [s.mean], yerr=[0 if math.isnan(s.sd) else s.sd], fmt="o",
+                        color=f"C{k % 10}", capsize=3, label=point["label"])
+        for j, (name, pair) in enumerate(floors.items()):
+            value = pair[0] if metric == "identified" else pair[1]
+            ax.axhline(value.mean, color=f"{0.3 + 0.25 * j:.2f}", ls=":", lw=1.2, label=f"floor: {name}")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"ε that binds the server (∞ or > {cap:g} drawn at {cap:g})", fontsize=8)
+        ax.set_ylabel(label)
+        if metric == "identified":
+            ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+            ax.set_ylim(-0.05, 1.05)
+    handles, labels = psnr_ax.get_legend_handles_labels()
+    psnr_ax.legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    return fig

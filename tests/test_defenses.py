@@ -474,3 +474,60 @@ def test_docstring_examples():
 
     result = doctest.testmod(defenses, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.failed == 0 and result.attempted > 0
+
+
+# --- auditing: the attack on a DP-SGD update runs and scores; "stopped" means at the floors ----------------
+
+
+def test_an_attack_on_a_dp_sgd_update_runs_and_scores(victim):
+    from gi_tutorial import attacks, data, generators, stats, yardstick
+
+    x, y = data.fashion_mnist("test", 20)
+    x, y = x[:2], y[:2]
+    stick = yardstick.fashion_mnist(exclude=x, score="ssim")
+    update = defenses.dp_sgd_update(victim, x, y, clip_norm=1.0, noise_multiplier=1.0, generator=_gen(0),
+                                    share_labels=True)
+    tally = stats.Tally(keys=("option", "seed", "method"))
+    shown = attacks.run_battery(update, victim, attacks.battery("ch6", methods=("GI-x", "GIAS")), truth=x,
+                                truth_labels=y, yardstick=stick, generators={"dcgan": generators.load_generator()},
+                                tally=tally, seed=0, option="dp-sgd 1")
+    assert set(shown) == {"GI-x", "GIAS", "label only", "prior sample"}
+    for row in tally.rows:
+        assert 0.0 <= row["identified"] <= 1.0 and math.isfinite(row["psnr"]) and row["option"] == "dp-sgd 1"
+        assert (row["grad_loss"] is None) == (row["method"] in ("label only", "prior sample"))
+    assert shown["GI-x"].shape == x.shape
+    result = defenses.audit(tally, option="dp-sgd 1")  # one update: a verdict, with n = 1
+    assert result.paired["identified"].n == 1 and "the best floor" in result.sentences["identified"]
+
+
+def _audit_tally(levels_and_gaps):
+    # per noise level, per seed: GI-x and GIAS ahead of the floors' identification by the given gaps
+    from gi_tutorial import stats
+
+    tally = stats.Tally(keys=("z", "seed", "method"))
+    for z, (gap_x, gap_gias) in levels_and_gaps.items():
+        for seed in range(3):
+            floor = 0.1 + 0.01 * seed
+            for method, value in (("label only", floor), ("prior sample", floor - 0.05),
+                                  ("GI-x", floor + gap_x), ("GIAS", floor + gap_gias)):
+                tally.add(z=z, seed=seed, method=method, identified=value, psnr=12.0 + 10 * (value - floor))
+    return tally
+
+
+def test_audit_stops_only_when_the_strongest_attack_is_at_the_floor():
+    tally = _audit_tally({0.001: (0.8, 0.9), 0.01: (0.0, 0.5), 0.1: (0.0, 0.02), 1.0: (-0.05, 0.0)})
+    assert not defenses.audit(tally, z=0.001).stopped
+    assert not defenses.audit(tally, z=0.01).stopped  # GI-x is at the floor, GIAS is not: the strongest decides
+    assert defenses.audit(tally, ("GI-x",), z=0.01).stopped
+    assert defenses.audit(tally, z=0.1).stopped  # 2 points ahead: within the 5-point margin
+    gap = defenses.audit(tally, z=0.01).paired["identified"].gap
+    assert gap.mean == pytest.approx(0.5) and gap.n == 3
+    assert defenses.audit(tally, z=0.001).sentences["identified"].endswith("the strongest attack wins")
+    levels = [0.001, 0.01, 0.1, 1.0]
+    assert defenses.stopping_level(tally, "GI-x", levels) == 0.01
+    assert defenses.stopping_level(tally, "GIAS", levels) == 0.1
+    assert defenses.stopping_level(_audit_tally({0.1: (0.0, 0.0), 1.0: (0.3, 0.3)}), "GI-x", [0.1, 1.0]) is None
+    with pytest.raises(ValueError, match="every update needs rows of"):
+        defenses.audit(tally, ("GI-x", "DLG"), z=0.1)
+    with pytest.raises(ValueError, match="no rows match"):
+        defenses.audit(tally, z=5.0)

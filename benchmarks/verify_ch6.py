@@ -1,0 +1,124 @@
+"""Check chapter 6's verdicts on victim seeds and images the chapter does not use (part of `make verify`).
+
+    python benchmarks/verify_ch6.py            # exit status 1 when a verdict does not hold
+    python benchmarks/verify_ch6.py --quick    # a smoke test of every code path (quick budgets; proves nothing)
+
+Chapter 6 audits each privacy mechanism with the attack battery (GI-x, GI-z, GIAS with the
+shipped DCGAN, chapter 6's budget) on victim A at batch 4, clip bound S = 1, and calls a
+setting "stopped" when the strongest attack identifies no more images than the better of the
+two no-gradient floors, beyond a 5-point margin (:func:`gi_tutorial.defenses.audit`):
+
+- central DP-FedAvg, the server's view (the clipped update it held before its own noise);
+- local Gaussian noise at z = 0.003, 0.01 and 0.03 (the client's own noise);
+- DP-SGD (Opacus, per-example clip C = 1) at z = 0.3 and 1;
+
+and, from those, the noise from which on GI-x and GIAS stay stopped, and their ratio. This
+script runs the chapter's own cases (test images 1500-1511, victim seeds 0-2: the chapter's
+numbers) and held-out ones (test images 6000-6011, victim seeds 10-12), and prints each
+verdict on both, with mean ± sd (ddof = 1) and n, on identification and on PSNR. A verdict
+holds when the held-out cases reach the same "stopped" or "not stopped"; the stopping levels
+and the factor are printed, not enforced (they sit on a grid a factor of about 3 apart).
+About 9 minutes on one core (18 battery runs per set).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from gi_tutorial import attacks, config, data, defenses, fl, generators, models, stats  # noqa: E402
+from gi_tutorial import yardstick as yardsticks  # noqa: E402
+
+BATCH, CLIP = 4, 1.0  # the chapter's: victim A, batch 4, S = C = 1
+LOCAL_LEVELS = (0.003, 0.01, 0.03)
+SGD_LEVELS = (0.3, 1.0)
+CHAPTER = {"first_image": 1500, "seeds": (0, 1, 2)}
+HELD_OUT = {"first_image": 6000, "seeds": (10, 11, 12)}
+OTHERS = 9  # other clients in the central round
+FLOORS = ("label only", "prior sample")
+
+
+def options(quick: bool) -> list:
+    local = (0.01,) if quick else LOCAL_LEVELS
+    sgd = (1.0,) if quick else SGD_LEVELS
+    return ["central", *local, *(f"dp-sgd {z:g}" for z in sgd)]
+
+
+def run_set(first: int, seeds, images, labels, quick: bool, G, stick, tally: stats.Tally, others: int = OTHERS) -> None:
+    """Every option on every group of the set: group k holds images first + BATCH*k ..., victim seed seeds[k]."""
+    recipes = attacks.battery("ch6", methods=("GI-x", "GI-z", "GIAS"))
+    for k, seed in enumerate(seeds):
+        lo = first + BATCH * k
+        x, y = images[lo:lo + BATCH], labels[lo:lo + BATCH]
+        victim = models.build_model("convnet_fc", in_channels=1, seed=seed)
+        clean = fl.client_update(victim, x, y, share_labels=True)
+        for option in options(quick):
+            if option == "central":
+                crowd_first = 0 if quick else first + 100 + 20 * k  # quick: shipped images no group uses
+                crowd = [fl.client_update(victim, images[j:j + BATCH], labels[j:j + BATCH])
+                         for j in range(crowd_first, crowd_first + BATCH * others, BATCH)]
+                update = defenses.dp_fedavg([clean, *crowd], CLIP, 1.0, torch.Generator().manual_seed(100 + seed)).received[0]
+            elif isinstance(option, float):
+                update = defenses.local_gaussian(clean, CLIP, option, torch.Generator().manual_seed(1000 + seed))
+            else:
+                z = float(option.split()[1])
+                update = defenses.dp_sgd_update(victim, x, y, clip_norm=CLIP, noise_multiplier=z,
+                                                generator=torch.Generator().manual_seed(2000 + seed), share_labels=True)
+            attacks.run_battery(update, victim, recipes, truth=x, truth_labels=y, yardstick=stick,
+                                generators={"dcgan": G}, tally=tally, seed=seed, option=option)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="quick budgets: a smoke test of every code path (proves nothing)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        os.environ[config.QUICK_ENV] = "1"
+    config.set_threads()
+    quick = config.is_quick()
+    G = generators.load_generator()
+    images, labels = data.fashion_mnist("test")
+    sets = {"chapter": CHAPTER, "held out": HELD_OUT}
+    if quick:  # the 20 shipped images: 2 groups each, crowds from the same images
+        sets = {"chapter": {"first_image": 6, "seeds": (0, 1)}, "held out": {"first_image": 14, "seeds": (10, 11)}}
+    used = torch.cat([images[s["first_image"]:s["first_image"] + BATCH * len(s["seeds"])] for s in sets.values()])
+    stick = yardsticks.fashion_mnist(exclude=used, score="ssim")
+    tallies, start = {}, time.perf_counter()
+    for name, s in sets.items():
+        tallies[name] = stats.Tally(("option", "seed", "method"))
+        run_set(s["first_image"], s["seeds"], images, labels, quick, G, stick, tallies[name], others=1 if quick else OTHERS)
+    seconds = time.perf_counter() - start
+    print(f"chapter 6: the chapter's cases (test images {sets['chapter']['first_image']}+, seeds "
+          f"{list(sets['chapter']['seeds'])}) and held-out ones (test images {sets['held out']['first_image']}+, seeds "
+          f"{list(sets['held out']['seeds'])}), victim A, batch {BATCH}; {seconds:.0f} s")
+    failed = 0
+    for option in options(quick):
+        found = {name: defenses.audit(t, option=option) for name, t in tallies.items()}
+        holds = found["chapter"].stopped == found["held out"].stopped
+        failed += not holds
+        print(f"\n{option}: chapter {'stopped' if found['chapter'].stopped else 'NOT stopped'}, held out "
+              f"{'stopped' if found['held out'].stopped else 'NOT stopped'}: {'holds' if holds else 'DOES NOT HOLD'}")
+        for name, t in tallies.items():
+            scores = " | ".join(f"{m} {t.summary('identified', option=option, method=m).format('{:.0%}')}, "
+                                f"{t.summary('psnr', option=option, method=m).format('{:.1f}', ' dB', with_n=False)}"
+                                for m in ("GI-x", "GIAS", *FLOORS))
+            print(f"  {name:9s} {scores}\n            identified: {found[name].sentences['identified']}\n"
+                  f"            PSNR: {found[name].sentences['psnr']}")
+    local = [o for o in options(quick) if isinstance(o, float)]
+    for name, t in tallies.items():
+        stop = {m: defenses.stopping_level(t, m, local, key="option") for m in ("GI-x", "GIAS")}
+        factor = (f"{stop['GIAS'] / stop['GI-x']:.3g}" if None not in stop.values() else "not measured")
+        print(f"\n{name}: local noise stops GI-x from z = {stop['GI-x']}, GIAS from z = {stop['GIAS']} "
+              f"(None: not within z <= {local[-1]:g}); factor GIAS / GI-x: {factor} (printed, not enforced)")
+    print(f"\nchapter 6: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
