@@ -698,6 +698,9 @@ def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict
         acc_eps.scatter([a["epsilon"]], [100 * a["accuracy"]], marker="*", s=120, color="C3", zorder=3,
                         label=a["source"][:40] + ("…" if len(a["source"]) > 40 else ""))
     acc_eps.set_xscale("log")
+    if private:
+        acc_eps.set_xticks([r["epsilon"] for r in private], [f"{r['target_epsilon']:g}" for r in private])
+        acc_eps.minorticks_off()
     acc_eps.set_xlabel("example-level ε (δ = 1e-5, add/remove, Poisson sampling)", fontsize=8)
     acc_eps.set_ylabel("test accuracy (%)")
     acc_eps.legend(fontsize=7)
@@ -712,6 +715,10 @@ def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict
                            fmt=style, capsize=3,
                            label=f"central DP-FedAvg, client-level ε = {eps:g}" if private_run else "FedSGD, no privacy")
     acc_m.set_xscale("log")
+    if fed:
+        ms = sorted({r["clients_per_round"] for r in fed})
+        acc_m.set_xticks(ms, [f"{m:g}" for m in ms])
+        acc_m.minorticks_off()
     acc_m.set_xlabel("expected clients per round (Poisson sampling)", fontsize=8)
     acc_m.set_ylabel("test accuracy (%)")
     acc_m.legend(fontsize=7)
