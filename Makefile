@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # already on disk, else Debian's dataset-fashion-mnist (as root with apt-get), else torchvision's download.
 BOOK_DATA ?= cifar10:test:20 mnist:test:20 fashion_mnist:test fashion_mnist:train
 
-.PHONY: install data book test student colab notebooks vendor browser-check benchmark peer-benchmark generator giml dp-utility central-figure verify clean
+.PHONY: install data book test lint student colab notebooks vendor browser-check benchmark peer-benchmark generator giml dp-utility central-figure verify clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,7 @@ install: $(STAMP)
 
 # Stops before anything executes, naming every source tried, when some data cannot be had.
 data: $(STAMP)
+	$(BIN)/python tools/debian_data.py $(BOOK_DATA)
 	$(BIN)/python -m gi_tutorial.data --ensure $(BOOK_DATA)
 
 # The chapters run side by side first, one per core, into the build's execution cache
@@ -37,6 +38,11 @@ book: $(STAMP) data
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# ruff (configured in pyproject.toml): lint, and the formatter's check (`ruff format .` fixes the latter); run by CI before the tests
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Student copies of the chapters (student/): solutions replaced by answer stubs, checkers kept
 student: $(STAMP)

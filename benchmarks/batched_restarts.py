@@ -10,6 +10,7 @@ times one gradient-matching step (cosine distance, Adam) both ways, interleaved,
 book's small victims and on ResNet-18 (eval mode), and prints the ratio. The loop keeps
 sequential restarts unless this shows a clear win.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -74,8 +75,11 @@ def measure(name, batch_size, restarts, steps, rounds):
             batched_step(model, params, target, x_all, labels, opt_all)
         bat.append((time.perf_counter() - start) / steps)
     s, b = 1000 * statistics.median(seq), 1000 * statistics.median(bat)
-    print(f"  {name:10s} batch {batch_size}, {restarts} restarts: sequential {s:8.1f} ms, batched {b:8.1f} ms, "
-          f"batched / sequential {b / s:.2f}", flush=True)
+    print(
+        f"  {name:10s} batch {batch_size}, {restarts} restarts: sequential {s:8.1f} ms, batched {b:8.1f} ms, "
+        f"batched / sequential {b / s:.2f}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ a float16 copy, and the last snapshot is its "GIML"). Labels and batch size
 are shared, as in chapters 3 and 4. The per-run rows ship with their provenance; the chapter
 draws them and re-runs a slice.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,21 +44,49 @@ def groups(cases=CASES, seeds=SEEDS, first: int = FIRST_IMAGE) -> list[tuple[str
     return out
 
 
-def attack_group(victim: str, batch: int, seed: int, first: int, recipes, priors, tally: stats.Tally,
-                 images: torch.Tensor, labels: torch.Tensor) -> None:
+def attack_group(
+    victim: str,
+    batch: int,
+    seed: int,
+    first: int,
+    recipes,
+    priors,
+    tally: stats.Tally,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> None:
     """One group: the victim's update on its images, every recipe, one row each in ``tally``."""
-    x, y = images[first:first + batch], labels[first:first + batch]
+    x, y = images[first : first + batch], labels[first : first + batch]
     model = models.build_model(models.VICTIMS[victim], in_channels=1, seed=seed)
     update = fl.client_update(model, x, y, share_labels=True)
-    attacks.run_battery(update, model, recipes, truth=x, truth_labels=y, yardstick=yardstick.fashion_mnist(exclude=x),
-                        generators=priors, tally=tally, seed=seed, victim=victim, batch=batch, first_image=first)
+    attacks.run_battery(
+        update,
+        model,
+        recipes,
+        truth=x,
+        truth_labels=y,
+        yardstick=yardstick.fashion_mnist(exclude=x),
+        generators=priors,
+        tally=tally,
+        seed=seed,
+        victim=victim,
+        batch=batch,
+        first_image=first,
+    )
 
 
 def provenance(command: str, cases, seeds, budget: attacks.Budget, files: dict[str, str], seconds: float) -> dict:
-    return dict(command=command, seeds=list(seeds), cases=[list(c) for c in cases],
-                images=f"Fashion-MNIST test images from {FIRST_IMAGE}, consecutive per (victim, batch, seed)",
-                identification="same-class candidates from test images 8000-9999 (yardstick.fashion_mnist)",
-                budgets=dataclasses.asdict(budget), priors=files, seconds=round(seconds, 1), torch=torch.__version__)
+    return dict(
+        command=command,
+        seeds=list(seeds),
+        cases=[list(c) for c in cases],
+        images=f"Fashion-MNIST test images from {FIRST_IMAGE}, consecutive per (victim, batch, seed)",
+        identification="same-class candidates from test images 8000-9999 (yardstick.fashion_mnist)",
+        budgets=dataclasses.asdict(budget),
+        priors=files,
+        seconds=round(seconds, 1),
+        torch=torch.__version__,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,21 +106,28 @@ def main(argv: list[str] | None = None) -> int:
         for victim, batch, seed, first in groups(seeds=args.seeds):
             attack_group(victim, batch, seed, first, recipes, priors, tally, images, labels)
             seconds = time.perf_counter() - start
-            storage.save_results(TABLE, tally.to_json(), **provenance(command, CASES, args.seeds, budget,
-                                                                       giml_files(), seconds))
+            storage.save_results(
+                TABLE, tally.to_json(), **provenance(command, CASES, args.seeds, budget, giml_files(), seconds)
+            )
             print(f"victim {victim}, batch {batch}, seed {seed}: {seconds:.0f} s", flush=True)
     steps = giml.shipped_steps()[1:-1]  # step 0 is the untrained generator, the last is the table's GIML
     if not args.skip_snapshots:
         snapshots = {f"step {s}": giml.load_snapshot(s) for s in steps}
-        recipes = [attacks.gias_attack(budget, name, name=f"GIAS ({name})", latent_name=f"GI-z ({name})")
-                   for name in snapshots]
+        recipes = [
+            attacks.gias_attack(budget, name, name=f"GIAS ({name})", latent_name=f"GI-z ({name})") for name in snapshots
+        ]
         tally, start = stats.Tally(KEYS), time.perf_counter()
         for victim, batch, seed, first in groups(seeds=args.seeds):
             if (victim, batch) == ("S", 8):
                 attack_group(victim, batch, seed, first, recipes, snapshots, tally, images, labels)
-        record = provenance(command, [("S", 8)], args.seeds, budget,
-                            {name: giml.snapshot_path(s).name for name, s in zip(snapshots, steps)},
-                            time.perf_counter() - start)
+        record = provenance(
+            command,
+            [("S", 8)],
+            args.seeds,
+            budget,
+            {name: giml.snapshot_path(s).name for name, s in zip(snapshots, steps)},
+            time.perf_counter() - start,
+        )
         storage.save_results(SNAPSHOTS, tally.to_json(), **record, steps=steps)
         print(f"snapshots {steps}: {time.perf_counter() - start:.0f} s", flush=True)
     return 0
@@ -102,11 +138,15 @@ def giml_files() -> dict[str, str]:
     import json
 
     out = {"untrained": "generators.untrained_generator(0)"}
-    for name, path in (("GIML", giml.snapshot_path(giml.shipped_steps()[-1])),
-                       ("GIML, batch-4 stream", giml.snapshot_path(giml.shipped_steps(prefix=giml.HARDER_PREFIX)[-1],
-                                                                   prefix=giml.HARDER_PREFIX)),
-                       ("non-meta", giml.NONMETA_CHECKPOINT),
-                       ("DCGAN", giml.CHECKPOINTS / "fashion_mnist_dcgan.pt")):
+    for name, path in (
+        ("GIML", giml.snapshot_path(giml.shipped_steps()[-1])),
+        (
+            "GIML, batch-4 stream",
+            giml.snapshot_path(giml.shipped_steps(prefix=giml.HARDER_PREFIX)[-1], prefix=giml.HARDER_PREFIX),
+        ),
+        ("non-meta", giml.NONMETA_CHECKPOINT),
+        ("DCGAN", giml.CHECKPOINTS / "fashion_mnist_dcgan.pt"),
+    ):
         out[name] = f"{path.name} (sha256 {json.loads(path.with_suffix('.json').read_text())['sha256']})"
     return out
 

@@ -36,6 +36,7 @@ default 9100 here; group ``k`` attacks the victim with seed ``k``), at batch 4:
 
     python benchmarks/conditioning.py --label-probe --victims S A --groups 5 --out none
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,15 @@ from gi_tutorial import conditioning, config, data, models, stats, storage  # no
 GROUP = 8  # images per seed: the largest batch
 
 
-def measure(victims: list[str], seeds: list[int], batches: list[int], first_image: int, dtype: torch.dtype,
-            scratch: str | None, check_float32: bool) -> dict:
+def measure(
+    victims: list[str],
+    seeds: list[int],
+    batches: list[int],
+    first_image: int,
+    dtype: torch.dtype,
+    scratch: str | None,
+    check_float32: bool,
+) -> dict:
     """The rows and float32 errors of the benchmark (see the module docstring)."""
     images, labels = data.fashion_mnist("test", first_image + GROUP * (max(seeds) + 1))
     rows, errors = [], {}
@@ -63,7 +71,7 @@ def measure(victims: list[str], seeds: list[int], batches: list[int], first_imag
         for seed in seeds:
             model = models.build_model(name, in_channels=1, seed=seed)
             first = first_image + GROUP * seed
-            x, y = images[first:first + max(batches)], labels[first:first + max(batches)]
+            x, y = images[first : first + max(batches)], labels[first : first + max(batches)]
             start = time.perf_counter()
             k_matrix = conditioning.image_gram(model, x, y, dtype=dtype, scratch=scratch)  # once for every batch size
             gram_seconds = time.perf_counter() - start
@@ -71,20 +79,35 @@ def measure(victims: list[str], seeds: list[int], batches: list[int], first_imag
                 start = time.perf_counter()
                 spec = conditioning.spectrum_of_first(k_matrix, model, x, y, b)
                 seconds = time.perf_counter() - start + (gram_seconds if b == max(batches) else 0)
-                rows.append({"victim": victim, "model": name, "seed": seed, "batch": b,
-                             "images": list(range(first, first + b)), "labels": y[:b].tolist(),
-                             **spec.summary(), "seconds": round(seconds, 1)})
+                rows.append(
+                    {
+                        "victim": victim,
+                        "model": name,
+                        "seed": seed,
+                        "batch": b,
+                        "images": list(range(first, first + b)),
+                        "labels": y[:b].tolist(),
+                        **spec.summary(),
+                        "seconds": round(seconds, 1),
+                    }
+                )
                 r = rows[-1]
-                print(f"{victim} seed {seed} batch {b}: unknowns {r['unknowns']:,}, equations {r['equations']:,}, "
-                      f"ratio {r['ratio']:.2f}, rank {r['numerical_rank']:,} (deficit {r['rank_deficit']}), "
-                      f"effective rank {r['effective_rank']:.0f}, condition {r['condition_number']:.3g} "
-                      f"(relative {r['relative_condition_number']:.3g}), "
-                      f"smallest s/s1 {r['smallest_relative'][0]:.2e}, {r['seconds']:.0f} s", flush=True)
+                print(
+                    f"{victim} seed {seed} batch {b}: unknowns {r['unknowns']:,}, equations {r['equations']:,}, "
+                    f"ratio {r['ratio']:.2f}, rank {r['numerical_rank']:,} (deficit {r['rank_deficit']}), "
+                    f"effective rank {r['effective_rank']:.0f}, condition {r['condition_number']:.3g} "
+                    f"(relative {r['relative_condition_number']:.3g}), "
+                    f"smallest s/s1 {r['smallest_relative'][0]:.2e}, {r['seconds']:.0f} s",
+                    flush=True,
+                )
             if check_float32 and seed == seeds[0]:
                 start = time.perf_counter()
                 errors[victim] = conditioning.float32_error(model, x[:1], y[:1])
-                print(f"{victim}: float32 error of J at batch 1 = {errors[victim]:.2e} of s_1 "
-                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+                print(
+                    f"{victim}: float32 error of J at batch 1 = {errors[victim]:.2e} of s_1 "
+                    f"({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
     return {"rows": rows, "float32_errors": errors}
 
 
@@ -128,30 +151,54 @@ def label_probe(victims: list[str], groups: int, first_image: int, dtype: torch.
                 start = time.perf_counter()
                 spec = conditioning.spectrum(model, images[index], labels[index], dtype=dtype, scratch=scratch)
                 summary = spec.summary()
-                rows.append({"victim": victim, "kind": kind, "seed": k, "images": index, "labels": labels[index].tolist(),
-                             **{key: summary[key] for key in ("unknowns", "equations", "numerical_rank", "rank_deficit",
-                                                              "effective_rank", "condition_number", "smallest_relative")},
-                             "seconds": round(time.perf_counter() - start, 1)})
+                rows.append(
+                    {
+                        "victim": victim,
+                        "kind": kind,
+                        "seed": k,
+                        "images": index,
+                        "labels": labels[index].tolist(),
+                        **{
+                            key: summary[key]
+                            for key in (
+                                "unknowns",
+                                "equations",
+                                "numerical_rank",
+                                "rank_deficit",
+                                "effective_rank",
+                                "condition_number",
+                                "smallest_relative",
+                            )
+                        },
+                        "seconds": round(time.perf_counter() - start, 1),
+                    }
+                )
                 r = rows[-1]
-                print(f"{victim} {kind} seed {k} labels {r['labels']}: condition {r['condition_number']:.3g}, "
-                      f"smallest s/s1 {r['smallest_relative'][0]:.2e}, rank {r['numerical_rank']}, {r['seconds']:.0f} s",
-                      flush=True)
+                print(
+                    f"{victim} {kind} seed {k} labels {r['labels']}: condition {r['condition_number']:.3g}, "
+                    f"smallest s/s1 {r['smallest_relative'][0]:.2e}, rank {r['numerical_rank']}, {r['seconds']:.0f} s",
+                    flush=True,
+                )
     print("\n| victim | labels | log10 condition number | smallest s/s1 (min to max) | n |\n|---|---|---|---|---|")
     for victim in victims:
         for kind in batches:
             cell = [r for r in rows if r["victim"] == victim and r["kind"] == kind]
             logs = stats.mean_sd([np.log10(r["condition_number"]) for r in cell])
             small = [r["smallest_relative"][0] for r in cell]
-            print(f"| {victim} | {kind} | {logs.format('{:.2f}', with_n=False)} | {min(small):.1e} to {max(small):.1e} | "
-                  f"{len(cell)} |")
+            print(
+                f"| {victim} | {kind} | {logs.format('{:.2f}', with_n=False)} | {min(small):.1e} to {max(small):.1e} | "
+                f"{len(cell)} |"
+            )
     return {"label_probe": rows}
 
 
 def print_table(rows: list[dict]) -> None:
     """Mean ± sd (ddof = 1) over seeds, per victim and batch size."""
-    print("\n| victim | batch | unknowns | equations | ratio | numerical rank | rank deficit | effective rank | "
-          "log10 condition number | log10 relative condition number | smallest s/s1 | "
-          "s at 10% / 50% / 90% of the spectrum, over s1 | n |")
+    print(
+        "\n| victim | batch | unknowns | equations | ratio | numerical rank | rank deficit | effective rank | "
+        "log10 condition number | log10 relative condition number | smallest s/s1 | "
+        "s at 10% / 50% / 90% of the spectrum, over s1 | n |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for victim in dict.fromkeys(r["victim"] for r in rows):
         for b in dict.fromkeys(r["batch"] for r in rows if r["victim"] == victim):
@@ -161,14 +208,17 @@ def print_table(rows: list[dict]) -> None:
                 return stats.mean_sd([f(r[key]) for r in cell]).format(fmt, with_n=False)
 
             def quantile(q):
-                return stats.mean_sd([np.interp(q * (r["unknowns"] - 1), r["spectrum_index"], r["spectrum_relative"])
-                                      for r in cell]).format("{:.2g}", with_n=False)
+                return stats.mean_sd(
+                    [np.interp(q * (r["unknowns"] - 1), r["spectrum_index"], r["spectrum_relative"]) for r in cell]
+                ).format("{:.2g}", with_n=False)
 
-            print(f"| {victim} | {b} | {cell[0]['unknowns']:,} | {cell[0]['equations']:,} | {cell[0]['ratio']:.2f} | "
-                  f"{ms('numerical_rank')} | {ms('rank_deficit')} | {ms('effective_rank')} | "
-                  f"{ms('condition_number', '{:.1f}', np.log10)} | {ms('relative_condition_number', '{:.1f}', np.log10)} | "
-                  f"{ms('smallest_relative', '{:.2e}', lambda v: v[0])} | "
-                  f"{quantile(0.1)} / {quantile(0.5)} / {quantile(0.9)} | {len(cell)} |")
+            print(
+                f"| {victim} | {b} | {cell[0]['unknowns']:,} | {cell[0]['equations']:,} | {cell[0]['ratio']:.2f} | "
+                f"{ms('numerical_rank')} | {ms('rank_deficit')} | {ms('effective_rank')} | "
+                f"{ms('condition_number', '{:.1f}', np.log10)} | {ms('relative_condition_number', '{:.1f}', np.log10)} | "
+                f"{ms('smallest_relative', '{:.2e}', lambda v: v[0])} | "
+                f"{quantile(0.1)} / {quantile(0.5)} / {quantile(0.9)} | {len(cell)} |"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,13 +227,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--first-image", type=int, default=9000)
-    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32",
-                        help="precision of the Jacobians (their products are float64 either way)")
-    parser.add_argument("--scratch", default=None, help="folder for Jacobians too big for memory (default: system temp)")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        help="precision of the Jacobians (their products are float64 either way)",
+    )
+    parser.add_argument(
+        "--scratch", default=None, help="folder for Jacobians too big for memory (default: system temp)"
+    )
     parser.add_argument("--no-float32-check", action="store_true", help="skip the float32 error of J at batch 1")
     parser.add_argument("--out", default=str(conditioning.SHIPPED), help="results file, or 'none'")
-    parser.add_argument("--label-probe", action="store_true",
-                        help="distinct labels against one shared label, at batch 4 (see the module docstring)")
+    parser.add_argument(
+        "--label-probe",
+        action="store_true",
+        help="distinct labels against one shared label, at batch 4 (see the module docstring)",
+    )
     parser.add_argument("--groups", type=int, default=5, help="batches of each kind for --label-probe")
     args = parser.parse_args(argv)
     if args.label_probe:
@@ -193,29 +252,51 @@ def main(argv: list[str] | None = None) -> int:
         results = label_probe(args.victims, args.groups, first, getattr(torch, args.dtype), args.scratch)
         print(f"{len(results['label_probe'])} cases in {time.perf_counter() - start:.0f} s")
         if args.out not in ("none", str(conditioning.SHIPPED)):
-            storage.save_results(args.out, results, command="python benchmarks/conditioning.py " + " ".join(
-                sys.argv[1:] if argv is None else argv), groups=args.groups, first_image=first,
-                seconds=round(time.perf_counter() - start, 1))
+            storage.save_results(
+                args.out,
+                results,
+                command="python benchmarks/conditioning.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                groups=args.groups,
+                first_image=first,
+                seconds=round(time.perf_counter() - start, 1),
+            )
         return 0
     if max(args.batches) > GROUP or min(args.batches) < 1:
         parser.error(f"batch sizes must lie in [1, {GROUP}]")
     threads = config.set_threads()
     start, cpu_start = time.perf_counter(), time.process_time()
-    results = measure(args.victims, args.seeds, sorted(args.batches), args.first_image,
-                      getattr(torch, args.dtype), args.scratch, not args.no_float32_check)
+    results = measure(
+        args.victims,
+        args.seeds,
+        sorted(args.batches),
+        args.first_image,
+        getattr(torch, args.dtype),
+        args.scratch,
+        not args.no_float32_check,
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     print_table(results["rows"])
     print(f"\n{len(results['rows'])} cases in {seconds:.0f} s ({cpu_seconds:.0f} s CPU) on {threads} thread(s)")
     if args.out != "none":
-        command = "python benchmarks/conditioning.py" + ("" if argv is None and len(sys.argv) == 1 else
-                                                         " " + " ".join(sys.argv[1:] if argv is None else argv))
-        storage.save_results(args.out, results, command=command, seeds=args.seeds, victims=args.victims,
-                             batches=sorted(args.batches),
-                             data=f"Fashion-MNIST test images {args.first_image} + 8 * seed + (0..7), padded to 32x32; "
-                                  "batch b = the group's first b images",
-                             jacobian_dtype=args.dtype, rtol=conditioning.RTOL_FLOAT32,
-                             seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), threads=threads,
-                             torch=torch.__version__)
+        command = "python benchmarks/conditioning.py" + (
+            "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+        )
+        storage.save_results(
+            args.out,
+            results,
+            command=command,
+            seeds=args.seeds,
+            victims=args.victims,
+            batches=sorted(args.batches),
+            data=f"Fashion-MNIST test images {args.first_image} + 8 * seed + (0..7), padded to 32x32; "
+            "batch b = the group's first b images",
+            jacobian_dtype=args.dtype,
+            rtol=conditioning.RTOL_FLOAT32,
+            seconds=round(seconds, 1),
+            cpu_seconds=round(cpu_seconds, 1),
+            threads=threads,
+            torch=torch.__version__,
+        )
         print(f"wrote {args.out}")
     return 0
 

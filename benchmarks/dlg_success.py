@@ -19,6 +19,7 @@ The table gives, per seed, the images that reach ``--threshold`` dB PSNR, the me
 ``best of k`` columns say how many images would succeed with only the first ``k``
 restarts (trial ``k`` does not depend on how many come after it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,11 @@ def main() -> None:
     config.set_threads()
 
     images, labels = data.cifar10_targets(args.images)
-    print(f"DLG on LeNet, batch 1, L-BFGS lr 1, {args.num_iters} steps x {args.restarts} restarts, "
-          f"init {args.init}, no box (final images clamped), "
-          f"{torch.get_num_threads()} thread(s)")
+    print(
+        f"DLG on LeNet, batch 1, L-BFGS lr 1, {args.num_iters} steps x {args.restarts} restarts, "
+        f"init {args.init}, no box (final images clamped), "
+        f"{torch.get_num_threads()} thread(s)"
+    )
     header = ["seed", f">= {args.threshold:g} dB", "mean PSNR (capped)", "seconds", "labels right"]
     header += [f"best of {k}" for k in range(1, args.restarts)]
     print("| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
@@ -55,11 +58,19 @@ def main() -> None:
         model = models.build_model("lenet", seed=seed)
         psnrs, prefix_successes, right, start = [], [0] * args.restarts, 0, time.perf_counter()
         for i in range(args.images):
-            x, y = images[i:i + 1], labels[i:i + 1]
+            x, y = images[i : i + 1], labels[i : i + 1]
             update = fl.client_update(model, x, y)  # shares the batch size, not the label
             space = spaces.PixelSpace((1, 3, 32, 32), init=args.init, box=None)
-            rec = invert.reconstruct(update, model, space, optimizer=invert.LBFGS(1.0), distance="l2",
-                                     num_iters=args.num_iters, restarts=args.restarts, progress=False)
+            rec = invert.reconstruct(
+                update,
+                model,
+                space,
+                optimizer=invert.LBFGS(1.0),
+                distance="l2",
+                num_iters=args.num_iters,
+                restarts=args.restarts,
+                progress=False,
+            )
             right += int(torch.equal(rec.labels, y))
             psnrs.append(metrics.evaluate(rec.images, x).psnr.item())
             for k in range(1, args.restarts + 1):  # the best of the first k trials, by gradient distance
@@ -67,8 +78,13 @@ def main() -> None:
                 prefix_successes[k - 1] += int(metrics.evaluate(best.images, x).psnr.item() >= args.threshold)
         seconds = time.perf_counter() - start
         p = torch.tensor(psnrs, dtype=torch.float64)
-        row = [str(seed), f"{int((p >= args.threshold).sum())}/{args.images}", f"{float(p.clamp(max=metrics.PSNR_CAP).mean()):.1f}",
-               f"{seconds:.0f}", f"{right}/{args.images}"]
+        row = [
+            str(seed),
+            f"{int((p >= args.threshold).sum())}/{args.images}",
+            f"{float(p.clamp(max=metrics.PSNR_CAP).mean()):.1f}",
+            f"{seconds:.0f}",
+            f"{right}/{args.images}",
+        ]
         row += [f"{prefix_successes[k - 1]}/{args.images}" for k in range(1, args.restarts)]
         print("| " + " | ".join(row) + " |", flush=True)
         print("  PSNR per image: " + " ".join(f"{v:.1f}" for v in psnrs), flush=True)

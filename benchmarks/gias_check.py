@@ -8,6 +8,7 @@ from ``--first-image`` on. For each batch size it prints the capped PSNR (40 dB)
 GIAS (mean ± std over seeds), the unknowns/equations ratio, and the paired GIAS - GI-x margins.
 Needs more than the 20 shipped test images (``make data``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,23 +42,37 @@ def main() -> None:
         small = models.ConvNet(1, 10, widths=(8, 16, 16), strides=(1, 2, 2), head="flatten")  # the chapter's victim
         first = args.first_image + k * stride
         for b in args.batches:
-            x, y = images[first:first + b], labels[first:first + b]
+            x, y = images[first : first + b], labels[first : first + b]
             update = fl.client_update(small, x, y, share_labels=True)
             ratio[b] = b * 32 * 32 / update.num_values
-            runs = {"GI-x": invert.inverting_gradients(update, small, image_shape=(1, 32, 32), num_iters=250,
-                                                       progress=False).images,
-                    "GIAS": invert.gias(update, small, generator, latent_iters=80, weight_iters=120, restarts=2,
-                                        latent_lr=0.1, weight_lr=3e-4, distance="cosine", progress=False).images}
+            runs = {
+                "GI-x": invert.inverting_gradients(
+                    update, small, image_shape=(1, 32, 32), num_iters=250, progress=False
+                ).images,
+                "GIAS": invert.gias(
+                    update,
+                    small,
+                    generator,
+                    latent_iters=80,
+                    weight_iters=120,
+                    restarts=2,
+                    latent_lr=0.1,
+                    weight_lr=3e-4,
+                    distance="cosine",
+                    progress=False,
+                ).images,
+            }
             for method, rec in runs.items():
                 scores.setdefault((b, method), []).append(metrics.summarize(metrics.evaluate(rec, x))["psnr_capped"])
-    print(f"small ConvNet seeds {args.seeds}, test images from {args.first_image}, "
-          f"{time.perf_counter() - start:.0f} s")
+    print(f"small ConvNet seeds {args.seeds}, test images from {args.first_image}, {time.perf_counter() - start:.0f} s")
     for b in args.batches:
         gx, gs = np.array(scores[(b, "GI-x")]), np.array(scores[(b, "GIAS")])
         margin = gs - gx
-        print(f"  batch {b:2d} (unknowns/equations {ratio[b]:.2f}): GI-x {gx.mean():5.1f} ± {gx.std():4.1f} dB, "
-              f"GIAS {gs.mean():5.1f} ± {gs.std():4.1f} dB, GIAS - GI-x {margin.mean():+5.1f} ± {margin.std():4.1f} dB, "
-              f"more than 3 dB ahead in {int((margin > 3).sum())} of {len(margin)}")
+        print(
+            f"  batch {b:2d} (unknowns/equations {ratio[b]:.2f}): GI-x {gx.mean():5.1f} ± {gx.std():4.1f} dB, "
+            f"GIAS {gs.mean():5.1f} ± {gs.std():4.1f} dB, GIAS - GI-x {margin.mean():+5.1f} ± {margin.std():4.1f} dB, "
+            f"more than 3 dB ahead in {int((margin > 3).sum())} of {len(margin)}"
+        )
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ start. The result ships as ``gi_tutorial/checkpoints/fashion_mnist_nonmeta.pt`` 
 
     python benchmarks/giml_baseline.py
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -73,14 +73,25 @@ def main(argv: list[str] | None = None) -> int:
     train_images, train_labels = data.fashion_mnist("train")
     victim = models.build_model("convnet_fc", in_channels=1, seed=args.victim_seed)
     num_rounds = -(-args.updates // args.clients_per_round)
-    stream = fl.fl_rounds(train_images, train_labels, victim, num_rounds, clients_per_round=args.clients_per_round,
-                          batch_size=args.batch_size, share_labels=args.labels == "shared", seed=args.seed)
+    stream = fl.fl_rounds(
+        train_images,
+        train_labels,
+        victim,
+        num_rounds,
+        clients_per_round=args.clients_per_round,
+        batch_size=args.batch_size,
+        share_labels=args.labels == "shared",
+        seed=args.seed,
+    )
     recipe = attacks.gi_x(attacks.Budget(x_iters=args.x_iters, z_iters=0, z_restarts=0, w_iters=0))
     start = time.perf_counter()
     recon, inverted = invert_stream(stream, recipe, args.updates, args.invert_share * budget)
     seconds_invert = time.perf_counter() - start
-    print(f"inverted {inverted} updates ({len(recon)} images) with {recipe.num_iters} GI-x steps in "
-          f"{seconds_invert:.0f} s", flush=True)
+    print(
+        f"inverted {inverted} updates ({len(recon)} images) with {recipe.num_iters} GI-x steps in "
+        f"{seconds_invert:.0f} s",
+        flush=True,
+    )
     calibration = time.perf_counter()
     generators.train_gan(recon, 10, seed=args.seed)  # a timed start: seconds per GAN step on this machine
     per_step = (time.perf_counter() - calibration) / 10
@@ -90,16 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     generator.trained_on = "gradients"  # learned from reconstructions of the updates: no client image, no public data
     command = " ".join(["python benchmarks/giml_baseline.py", *(argv if argv is not None else sys.argv[1:])])
     saved = generators.save_checkpoint(
-        generator, args.out, half=True,
+        generator,
+        args.out,
+        half=True,
         method="non-meta baseline: GI-x on each update of the stream, then a DCGAN trained on the reconstructions",
-        data=record["data"] if (args.batch_size, args.labels) == (1, "shared") else
-        f"the stream of `python -m gi_tutorial.giml --batch-size {args.batch_size} --clients-per-round "
+        data=record["data"]
+        if (args.batch_size, args.labels) == (1, "shared")
+        else f"the stream of `python -m gi_tutorial.giml --batch-size {args.batch_size} --clients-per-round "
         f"{args.clients_per_round} --labels {args.labels}` (seed {args.seed}, victim seed {args.victim_seed})",
-        updates_inverted=inverted, images=len(recon), x_iters=recipe.num_iters, gan_steps=gan_steps,
-        gan_batch_size=64, seconds_invert=round(seconds_invert, 1), seconds_total=round(seconds_total, 1),
-        budget_seconds=budget, budget_of=record["file"], seed=args.seed, torch=torch.__version__, command=command)
-    print(f"{saved['file']}: sha256 {saved['sha256']}, {gan_steps} GAN steps, {seconds_total:.0f} s in all "
-          f"(budget {budget:.0f} s)")
+        updates_inverted=inverted,
+        images=len(recon),
+        x_iters=recipe.num_iters,
+        gan_steps=gan_steps,
+        gan_batch_size=64,
+        seconds_invert=round(seconds_invert, 1),
+        seconds_total=round(seconds_total, 1),
+        budget_seconds=budget,
+        budget_of=record["file"],
+        seed=args.seed,
+        torch=torch.__version__,
+        command=command,
+    )
+    print(
+        f"{saved['file']}: sha256 {saved['sha256']}, {gan_steps} GAN steps, {seconds_total:.0f} s in all "
+        f"(budget {budget:.0f} s)"
+    )
     return 0
 
 

@@ -38,6 +38,7 @@ the marginal cost of an iteration of ``invert.reconstruct`` against a bare doubl
 on the same model. A closing block checks issue 11's targets; a level counts there from when a
 run stays at or above it until its final iterate (a crossing that does not hold is marked *).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,10 @@ def ensure_venv() -> Path:
     wanted = " ".join(PINS) + f" | {REPO}"
     if STAMP.exists() and STAMP.read_text().strip() == wanted and python.exists():
         return python
-    print(f"# creating {VENV} (breaching 0.1.2 and torch 2.14.1 from PyPI; the project's .venv is not touched)",
-          flush=True)
+    print(
+        f"# creating {VENV} (breaching 0.1.2 and torch 2.14.1 from PyPI; the project's .venv is not touched)",
+        flush=True,
+    )
     ROOT.mkdir(parents=True, exist_ok=True)
     base = getattr(sys, "_base_executable", None) or sys.executable
     if not python.exists():
@@ -82,8 +85,7 @@ def ensure_venv() -> Path:
 
 def relaunch(argv: list[str]) -> int:
     python = ensure_venv()
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GI_TUTORIAL_PROGRESS="0",
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", GI_TUTORIAL_PROGRESS="0", PYTHONUNBUFFERED="1")
     return subprocess.run([str(python), str(Path(__file__).resolve()), *argv], env=env).returncode
 
 
@@ -129,11 +131,12 @@ class Recipe:
     def __str__(self) -> str:
         return " then ".join(str(p) for p in self.phases)
 
-    def scaled(self, iters: int) -> "Recipe":
+    def scaled(self, iters: int) -> Recipe:
         """The same recipe with ``iters`` iterations in all, shared among the phases as before."""
         total = sum(p.iters for p in self.phases)
-        return replace(self, phases=tuple(replace(p, iters=max(1, round(p.iters * iters / total)))
-                                          for p in self.phases))
+        return replace(
+            self, phases=tuple(replace(p, iters=max(1, round(p.iters * iters / total))) for p in self.phases)
+        )
 
 
 IG = dict(distance="cosine", signed=True, decay=True)  # the Inverting Gradients recipe (Geiping et al., 2020)
@@ -201,8 +204,9 @@ def build_case(batch: int, attack: str, iters: int, images01, labels, seed: int 
     quiet = contextlib.redirect_stdout(io.StringIO())
     with quiet:
         cfg_case = breaching.get_case_config("1_single_image_small", overrides=case_over)
-        cfg_attack = breaching.get_attack_config(attack, overrides=[f"optim.max_iterations={iters}",
-                                                                     "restarts.num_trials=1"])
+        cfg_attack = breaching.get_attack_config(
+            attack, overrides=[f"optim.max_iterations={iters}", "restarts.num_trials=1"]
+        )
     setup = dict(device=torch.device("cpu"), dtype=torch.float)
     torch.manual_seed(seed)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -297,6 +301,7 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
     snapshot, the trial with the lowest gradient distance so far, at the summed time of all trials.
     """
     import torch
+
     from gi_tutorial import invert, priors, spaces
 
     evals = [0]
@@ -335,11 +340,19 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
             optimizer = invert.Adam(phase.lr, signed=phase.signed, decay=phase.decay)
         space = TimedPixelSpace(tuple(truth.shape), box=(0.0, 1.0) if phase.box else None)
         phase_start = clock.now()
-        rec = invert.reconstruct(update, model, space, optimizer=optimizer, num_iters=phase.iters,
-                                 restarts=phase.restarts if warm is None else 1, distance=phase.distance,
-                                 layer_weights=layer_weights(phase.layers, update.gradients),
-                                 priors=[tv] if tv is not None else [], history_every=max(1, phase.iters // points),
-                                 progress=False)
+        rec = invert.reconstruct(
+            update,
+            model,
+            space,
+            optimizer=optimizer,
+            num_iters=phase.iters,
+            restarts=phase.restarts if warm is None else 1,
+            distance=phase.distance,
+            layer_weights=layer_weights(phase.layers, update.gradients),
+            priors=[tv] if tv is not None else [],
+            history_every=max(1, phase.iters // points),
+            progress=False,
+        )
         phase_end = clock.now()
         offset, evals_before = phase_start - start, trial_stamps[0][0][1]
         histories = [{s.iteration: s for s in trial.history} for trial in rec.trials]
@@ -347,7 +360,11 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
             i = snap.iteration
             found = [(h[i].grad_loss, k) for k, h in enumerate(histories) if i in h]
             chosen = histories[min(found)[1]][i]
-            t = offset + sum(s[min(i, len(s) - 1)][0] - s[0][0] for s in trial_stamps) + (trial_stamps[0][0][0] - phase_start)
+            t = (
+                offset
+                + sum(s[min(i, len(s) - 1)][0] - s[0][0] for s in trial_stamps)
+                + (trial_stamps[0][0][0] - phase_start)
+            )
             ev = evals_before + sum(s[min(i, len(s) - 1)][1] - s[0][1] for s in trial_stamps)
             curve.append((t, done + i, psnr_of(chosen.images, truth), ev))
         curve.append((phase_end - start, done + phase.iters, psnr_of(rec.images, truth), evals[0]))  # after the ranking
@@ -364,9 +381,10 @@ def bare_ratio(model, update, labels, shape, n, rounds):
 
     import torch
     import torch.nn.functional as F
+
     from gi_tutorial import invert, spaces
 
-    target = [g for g in update.gradients]
+    target = list(update.gradients)
 
     def bare(k):
         params = [p for p in model.parameters() if p.requires_grad]
@@ -386,9 +404,18 @@ def bare_ratio(model, update, labels, shape, n, rounds):
     def lib(k):
         def run(m):
             start = time.process_time()
-            invert.reconstruct(update, model, spaces.PixelSpace(shape), optimizer=invert.Adam(0.1), num_iters=m,
-                               labels=labels, distance="l2", progress=False)
+            invert.reconstruct(
+                update,
+                model,
+                spaces.PixelSpace(shape),
+                optimizer=invert.Adam(0.1),
+                num_iters=m,
+                labels=labels,
+                distance="l2",
+                progress=False,
+            )
             return time.process_time() - start
+
         return run(2 * k) - run(k)
 
     bare(1), lib(1)  # warm-up
@@ -449,13 +476,16 @@ def floors(truth, others, seed: int = 0) -> dict[str, float]:
     The floor of the headline is the higher of grey and mean: a result below it shows no leak.
     """
     import torch
+
     from gi_tutorial import spaces
 
     batch = len(truth)
     start = spaces.PixelSpace(tuple(truth.shape)).init(torch.Generator().manual_seed(seed))[0].detach()
-    out = {"grey": psnr_of(torch.full_like(truth, 0.5), truth),
-           "mean": psnr_of(others.mean(0, keepdim=True).expand(batch, -1, -1, -1).clone(), truth),
-           "start": psnr_of(start, truth)}
+    out = {
+        "grey": psnr_of(torch.full_like(truth, 0.5), truth),
+        "mean": psnr_of(others.mean(0, keepdim=True).expand(batch, -1, -1, -1).clone(), truth),
+        "start": psnr_of(start, truth),
+    }
     out["floor"] = max(out["grey"], out["mean"])
     return out
 
@@ -491,6 +521,7 @@ def benchmark(args) -> int:
     from importlib.metadata import version
 
     import breaching  # noqa: F401
+
     from gi_tutorial import data, fl
 
     clock = Clock(args.clock)
@@ -504,49 +535,67 @@ def benchmark(args) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     first = args.first_image
     if not 0 <= first <= data.NUM_SHIPPED - max(batches):
-        print(f"--first-image must be in [0, {data.NUM_SHIPPED - max(batches)}] ({data.NUM_SHIPPED} CIFAR-10 test "
-              "images ship offline)", file=sys.stderr)
+        print(
+            f"--first-image must be in [0, {data.NUM_SHIPPED - max(batches)}] ({data.NUM_SHIPPED} CIFAR-10 test "
+            "images ship offline)",
+            file=sys.stderr,
+        )
         return 2
     shipped, shipped_labels = data.cifar10_targets(data.NUM_SHIPPED, allow_download=False)
     images01, labels = shipped[first:], shipped_labels[first:]  # the case's images: test images first, first + 1, ...
     q = args.quick
     ig_iters = args.ig_iters or (5 if q else 1000)
     dlg_iters = args.dlg_iters or (2 if q else 300)
-    print(f"# breaching {version('breaching')} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
-          f"clock: {args.clock} time of this process | case: breaching 1_single_image_small, ResNet18, seed 0 | "
-          f"CIFAR-10 test images {first}-{first + max(batches) - 1} (gi_tutorial.data) | quick={q}", flush=True)
-    print("# Identification (is a reconstruction closer to its own image than to others of its class?) is not "
-          f"measured here: offline, only {data.NUM_SHIPPED} CIFAR-10 test images exist, about 2 per class, too few "
-          "candidates for a meaningful rank. PSNR is read against the no-gradient floors instead.", flush=True)
+    print(
+        f"# breaching {version('breaching')} | torch {torch.__version__} | threads {torch.get_num_threads()} | "
+        f"clock: {args.clock} time of this process | case: breaching 1_single_image_small, ResNet18, seed 0 | "
+        f"CIFAR-10 test images {first}-{first + max(batches) - 1} (gi_tutorial.data) | quick={q}",
+        flush=True,
+    )
+    print(
+        "# Identification (is a reconstruction closer to its own image than to others of its class?) is not "
+        f"measured here: offline, only {data.NUM_SHIPPED} CIFAR-10 test images exist, about 2 per class, too few "
+        "candidates for a meaningful rank. PSNR is read against the no-gradient floors instead.",
+        flush=True,
+    )
     summary, record = [], {}
     for batch in batches:
         print(f"\n=== batch {batch}, CIFAR-10 test images {first}-{first + batch - 1} ===", flush=True)
         rows = []  # (label, result)
-        ig = cached_breaching(args, batch, "invertinggradients", ig_iters, images01, labels, clock,
-                              every=max(1, ig_iters // 200))
+        ig = cached_breaching(
+            args, batch, "invertinggradients", ig_iters, images01, labels, clock, every=max(1, ig_iters // 200)
+        )
         rows.append(("breaching invertinggradients (defaults)", ig))
-        print(f"breaching invertinggradients: {ig['iterations']} it, {ig['seconds']:.1f} s, final {ig['final']:.2f} dB",
-              flush=True)
+        print(
+            f"breaching invertinggradients: {ig['iterations']} it, {ig['seconds']:.1f} s, final {ig['final']:.2f} dB",
+            flush=True,
+        )
         if batch in [int(b) for b in args.dlg_batches.split(",") if b]:
             dlg = cached_breaching(args, batch, "deepleakage", dlg_iters, images01, labels, clock, every=1)
             rows.append(("breaching deepleakage (L-BFGS, labels optimised)", dlg))
-            print(f"breaching deepleakage: {dlg['iterations']} it, {dlg['seconds']:.1f} s, final {dlg['final']:.2f} dB",
-                  flush=True)
+            print(
+                f"breaching deepleakage: {dlg['iterations']} it, {dlg['seconds']:.1f} s, final {dlg['final']:.2f} dB",
+                flush=True,
+            )
         target_psnr, target_s = ig["final"], ig["seconds"]
 
         case = build_case(batch, "invertinggradients", 1, images01, labels)
         model = wrapped_model(case)
         truth = (case["true"]["data"] * case["std"] + case["mean"]).clamp(0, 1)
         shared_labels = case["shared"]["metadata"]["labels"]
-        update = fl.SharedUpdate(gradients=tuple(g.detach() for g in case["shared"]["gradients"]), batch_size=batch,
-                                 labels=shared_labels)
+        update = fl.SharedUpdate(
+            gradients=tuple(g.detach() for g in case["shared"]["gradients"]), batch_size=batch, labels=shared_labels
+        )
         own = fl.client_update(model, truth, case["true"]["labels"])
         err = max(float((a - b).abs().max()) for a, b in zip(own.gradients, update.gradients))
-        print(f"model in {'train' if model.training else 'eval'} mode; max |our gradient - breaching's shared gradient| "
-              f"on the true images: {err:.1e}; max |breaching's images - gi_tutorial.data's|: "
-              f"{float((truth - images01[:batch]).abs().max()):.1e}", flush=True)
+        print(
+            f"model in {'train' if model.training else 'eval'} mode; max |our gradient - breaching's shared gradient| "
+            f"on the true images: {err:.1e}; max |breaching's images - gi_tutorial.data's|: "
+            f"{float((truth - images01[:batch]).abs().max()):.1e}",
+            flush=True,
+        )
         keep = torch.ones(len(shipped), dtype=torch.bool)
-        keep[first:first + batch] = False
+        keep[first : first + batch] = False
         fl_ = floors(truth, shipped[keep])
         floor = fl_["floor"]
         meaningful = target_psnr >= floor + 3
@@ -557,100 +606,161 @@ def benchmark(args) -> int:
                 continue
             res = run_ours(update, model, truth, recipe.scaled(3) if q else recipe, clock)
             rows.append((f"ours {name}: {recipe}", res))
-            print(f"ours {name}: {res['iterations']} it, {res['seconds']:.1f} s, final {res['final']:.2f} dB", flush=True)
+            print(
+                f"ours {name}: {res['iterations']} it, {res['seconds']:.1f} s, final {res['final']:.2f} dB", flush=True
+            )
 
         if args.ratio_rounds > 0:
-            lib_ms, bare_ms, ratio, ratios = bare_ratio(model, update, shared_labels, tuple(truth.shape),
-                                                        n=2 if q else args.ratio_iters,
-                                                        rounds=1 if q else args.ratio_rounds)
+            lib_ms, bare_ms, ratio, ratios = bare_ratio(
+                model,
+                update,
+                shared_labels,
+                tuple(truth.shape),
+                n=2 if q else args.ratio_iters,
+                rounds=1 if q else args.ratio_rounds,
+            )
         else:
             lib_ms = bare_ms = ratio = ratios = None
-        checkpoints = [float(c) for c in args.checkpoints.split(",")] if args.checkpoints else \
-            [round(target_s * f, 1) for f in (0.05, 0.1, 0.25, 0.5, 1.0)]
-        print(f"\nbatch {batch}: floors (no gradient): flat mid-grey {fl_['grey']:.2f} dB, mean image of the other "
-              f"{int(keep.sum())} shipped CIFAR-10 images {fl_['mean']:.2f} dB; our uniform-noise start "
-              f"{fl_['start']:.2f} dB. Floor = {floor:.2f} dB (the higher guess); floor + 3 dB = {floor + 3:.2f}, "
-              f"floor + 6 dB = {floor + 6:.2f}.\nbreaching IG's final {target_psnr:.2f} dB "
-              f"({target_psnr - floor:+.2f} dB over the floor) after {target_s:.1f} s: time to it is "
-              f"{'meaningful' if meaningful else 'NOT meaningful (under floor + 3 dB: it measures who blurs best)'}."
-              f" PSNR (dB) at each time (s) is that of the last iterate computed by then.", flush=True)
-        head = (f"{'attack':<58} {'iters':>5} {'evals':>5} {'seconds':>7} {'ms/eval':>7} {'final':>6} {'-floor':>6} | "
-                + " ".join(f"{'@' + format(c, 'g') + 's':>7}" for c in checkpoints)
-                + f" | {'to floor+3':>11} {'to floor+6':>11} | {'to ' + format(target_psnr, '.2f') + ' dB':>12} "
-                f"{'speed-up':>8} | {'to 30 dB':>11}")
+        checkpoints = (
+            [float(c) for c in args.checkpoints.split(",")]
+            if args.checkpoints
+            else [round(target_s * f, 1) for f in (0.05, 0.1, 0.25, 0.5, 1.0)]
+        )
+        print(
+            f"\nbatch {batch}: floors (no gradient): flat mid-grey {fl_['grey']:.2f} dB, mean image of the other "
+            f"{int(keep.sum())} shipped CIFAR-10 images {fl_['mean']:.2f} dB; our uniform-noise start "
+            f"{fl_['start']:.2f} dB. Floor = {floor:.2f} dB (the higher guess); floor + 3 dB = {floor + 3:.2f}, "
+            f"floor + 6 dB = {floor + 6:.2f}.\nbreaching IG's final {target_psnr:.2f} dB "
+            f"({target_psnr - floor:+.2f} dB over the floor) after {target_s:.1f} s: time to it is "
+            f"{'meaningful' if meaningful else 'NOT meaningful (under floor + 3 dB: it measures who blurs best)'}."
+            f" PSNR (dB) at each time (s) is that of the last iterate computed by then.",
+            flush=True,
+        )
+        head = (
+            f"{'attack':<58} {'iters':>5} {'evals':>5} {'seconds':>7} {'ms/eval':>7} {'final':>6} {'-floor':>6} | "
+            + " ".join(f"{'@' + format(c, 'g') + 's':>7}" for c in checkpoints)
+            + f" | {'to floor+3':>11} {'to floor+6':>11} | {'to ' + format(target_psnr, '.2f') + ' dB':>12} "
+            f"{'speed-up':>8} | {'to 30 dB':>11}"
+        )
         print(head)
         print("-" * len(head))
         row_record = []
         for label, r in rows:
             reach = time_to(r["curve"], target_psnr)
             speedup = "-" if not reach else f"{target_s / reach:.1f}x" + ("" if meaningful else "(n/m)")
-            print(f"{label[:58]:<58} {r['iterations']:>5} {r['evals']:>5} {r['seconds']:>7.1f} "
-                  f"{1000 * r['seconds'] / max(1, r['evals']):>7.0f} {r['final']:>6.2f} {r['final'] - floor:>+6.2f} | "
-                  + " ".join(f"{fmt(at_time(r['curve'], c), '7.2f'):>7}" for c in checkpoints)
-                  + f" | {mark(r['curve'], floor + 3):>11} {mark(r['curve'], floor + 6):>11} | "
-                  f"{mark(r['curve'], target_psnr):>12} {speedup:>8} | {mark(r['curve'], 30.0):>11}")
-            row_record.append(dict(label=label, **{k: r[k] for k in ("final", "seconds", "iterations", "evals", "curve")},
-                                   to_floor3=time_to(r["curve"], floor + 3), held_floor3=time_held(r["curve"], floor + 3),
-                                   to_floor6=time_to(r["curve"], floor + 6), held_floor6=time_held(r["curve"], floor + 6),
-                                   to_30=time_to(r["curve"], 30.0), held_30=time_held(r["curve"], 30.0),
-                                   evals_floor3=evals_to(r["curve"], floor + 3), evals_floor6=evals_to(r["curve"], floor + 6)))
-        print("(times to a level: CPU seconds / gradient evaluations; * : the PSNR crossed that level then, but the run's "
-              "final iterate is below it; n/m: not meaningful, breaching's final is under floor + 3 dB)")
+            print(
+                f"{label[:58]:<58} {r['iterations']:>5} {r['evals']:>5} {r['seconds']:>7.1f} "
+                f"{1000 * r['seconds'] / max(1, r['evals']):>7.0f} {r['final']:>6.2f} {r['final'] - floor:>+6.2f} | "
+                + " ".join(f"{fmt(at_time(r['curve'], c), '7.2f'):>7}" for c in checkpoints)
+                + f" | {mark(r['curve'], floor + 3):>11} {mark(r['curve'], floor + 6):>11} | "
+                f"{mark(r['curve'], target_psnr):>12} {speedup:>8} | {mark(r['curve'], 30.0):>11}"
+            )
+            row_record.append(
+                dict(
+                    label=label,
+                    **{k: r[k] for k in ("final", "seconds", "iterations", "evals", "curve")},
+                    to_floor3=time_to(r["curve"], floor + 3),
+                    held_floor3=time_held(r["curve"], floor + 3),
+                    to_floor6=time_to(r["curve"], floor + 6),
+                    held_floor6=time_held(r["curve"], floor + 6),
+                    to_30=time_to(r["curve"], 30.0),
+                    held_30=time_held(r["curve"], 30.0),
+                    evals_floor3=evals_to(r["curve"], floor + 3),
+                    evals_floor6=evals_to(r["curve"], floor + 6),
+                )
+            )
+        print(
+            "(times to a level: CPU seconds / gradient evaluations; * : the PSNR crossed that level then, but the run's "
+            "final iterate is below it; n/m: not meaningful, breaching's final is under floor + 3 dB)"
+        )
         if ratio is not None:
-            print(f"per-step cost: an L2 Adam iteration of invert.reconstruct (marginal: 2n iterations minus n) vs a bare "
-                  f"double-backprop + Adam step on this model, median of {len(ratios)} interleaved rounds: {lib_ms:.0f} ms "
-                  f"vs {bare_ms:.0f} ms = {ratio:.3f}x (rounds: {' '.join(f'{r:.3f}' for r in ratios)})", flush=True)
+            print(
+                f"per-step cost: an L2 Adam iteration of invert.reconstruct (marginal: 2n iterations minus n) vs a bare "
+                f"double-backprop + Adam step on this model, median of {len(ratios)} interleaved rounds: {lib_ms:.0f} ms "
+                f"vs {bare_ms:.0f} ms = {ratio:.3f}x (rounds: {' '.join(f'{r:.3f}' for r in ratios)})",
+                flush=True,
+            )
         ours = [(label, r) for label, r in rows if label.startswith("ours")]
 
         def earliest(level, when):  # the earliest time over our recipes (inf if none)
             found = [(when(r["curve"], level), label.split(":")[0]) for label, r in ours]
             return min(((t, name) for t, name in found if t is not None), default=(float("inf"), "none"))
 
-        summary.append(dict(batch=batch, floors=fl_, target=target_psnr, target_s=target_s, meaningful=meaningful,
-                            breaching_floor3=time_held(ig["curve"], floor + 3),
-                            breaching_floor6=time_held(ig["curve"], floor + 6),
-                            floor3=earliest(floor + 3, time_held), floor6=earliest(floor + 6, time_held),
-                            target_held=earliest(target_psnr, time_held), held30=earliest(30.0, time_held),
-                            top=max(((r["final"], r["seconds"], label.split(":")[0]) for label, r in ours), default=None),
-                            ratio=ratio))
-        record[batch] = dict(floors=fl_, rows=row_record, ratio=ratio, ratios=ratios, lib_ms=lib_ms, bare_ms=bare_ms,
-                             images=list(range(first, first + batch)))
+        summary.append(
+            dict(
+                batch=batch,
+                floors=fl_,
+                target=target_psnr,
+                target_s=target_s,
+                meaningful=meaningful,
+                breaching_floor3=time_held(ig["curve"], floor + 3),
+                breaching_floor6=time_held(ig["curve"], floor + 6),
+                floor3=earliest(floor + 3, time_held),
+                floor6=earliest(floor + 6, time_held),
+                target_held=earliest(target_psnr, time_held),
+                held30=earliest(30.0, time_held),
+                top=max(((r["final"], r["seconds"], label.split(":")[0]) for label, r in ours), default=None),
+                ratio=ratio,
+            )
+        )
+        record[batch] = dict(
+            floors=fl_,
+            rows=row_record,
+            ratio=ratio,
+            ratios=ratios,
+            lib_ms=lib_ms,
+            bare_ms=bare_ms,
+            images=list(range(first, first + batch)),
+        )
 
     print("\n=== summary and targets (issue 22) ===")
     print("(a level counts from when the run stays at or above it to its final iterate)")
     never = lambda x: "never" if x is None or x == float("inf") else f"{x:.1f} s"  # noqa: E731
-    print(f"{'batch':>5} {'images':>7} | {'grey':>6} {'mean':>6} {'start':>6} {'floor':>6} | {'breaching':>9} "
-          f"{'-floor':>6} {'s':>6} | {'br. floor+3':>11} {'ours floor+3':>19} | {'br. floor+6':>11} "
-          f"{'ours floor+6':>19} | {'best final':>22}")
+    print(
+        f"{'batch':>5} {'images':>7} | {'grey':>6} {'mean':>6} {'start':>6} {'floor':>6} | {'breaching':>9} "
+        f"{'-floor':>6} {'s':>6} | {'br. floor+3':>11} {'ours floor+3':>19} | {'br. floor+6':>11} "
+        f"{'ours floor+6':>19} | {'best final':>22}"
+    )
     for s in summary:
         f = s["floors"]
         top = f"{s['top'][0]:.2f} dB ({s['top'][2][5:]})" if s["top"] else "-"
         images = f"{first}-{first + s['batch'] - 1}"
-        print(f"{s['batch']:>5} {images:>7} | "
-              f"{f['grey']:>6.2f} {f['mean']:>6.2f} {f['start']:>6.2f} {f['floor']:>6.2f} | {s['target']:>9.2f} "
-              f"{s['target'] - f['floor']:>+6.2f} {s['target_s']:>6.0f} | {never(s['breaching_floor3']):>11} "
-              f"{never(s['floor3'][0]) + ' ' + s['floor3'][1][5:]:>19} | {never(s['breaching_floor6']):>11} "
-              f"{never(s['floor6'][0]) + ' ' + s['floor6'][1][5:]:>19} | {top:>22}")
+        print(
+            f"{s['batch']:>5} {images:>7} | "
+            f"{f['grey']:>6.2f} {f['mean']:>6.2f} {f['start']:>6.2f} {f['floor']:>6.2f} | {s['target']:>9.2f} "
+            f"{s['target'] - f['floor']:>+6.2f} {s['target_s']:>6.0f} | {never(s['breaching_floor3']):>11} "
+            f"{never(s['floor3'][0]) + ' ' + s['floor3'][1][5:]:>19} | {never(s['breaching_floor6']):>11} "
+            f"{never(s['floor6'][0]) + ' ' + s['floor6'][1][5:]:>19} | {top:>22}"
+        )
     for s in summary:
         b, t, ts = s["batch"], s["target"], s["target_s"]
         if s["meaningful"]:
-            print(f"batch {b}: breaching's {t:.2f} dB in <= {ts / 10:.1f} s (1/10 of its time): held from "
-                  f"{never(s['target_held'][0])} ({s['target_held'][1]}) -> "
-                  f"{'MET' if s['target_held'][0] <= ts / 10 else 'NOT MET'}")
+            print(
+                f"batch {b}: breaching's {t:.2f} dB in <= {ts / 10:.1f} s (1/10 of its time): held from "
+                f"{never(s['target_held'][0])} ({s['target_held'][1]}) -> "
+                f"{'MET' if s['target_held'][0] <= ts / 10 else 'NOT MET'}"
+            )
         else:
             print(f"batch {b}: breaching's {t:.2f} dB is under floor + 3 dB: time to it is not a meaningful target")
         if b > 1:
-            print(f"batch {b}: floor + 6 dB ({s['floors']['floor'] + 6:.2f}) within breaching's {ts:.0f} s: held from "
-                  f"{never(s['floor6'][0])} ({s['floor6'][1]}) -> {'MET' if s['floor6'][0] <= ts else 'NOT MET'}")
+            print(
+                f"batch {b}: floor + 6 dB ({s['floors']['floor'] + 6:.2f}) within breaching's {ts:.0f} s: held from "
+                f"{never(s['floor6'][0])} ({s['floor6'][1]}) -> {'MET' if s['floor6'][0] <= ts else 'NOT MET'}"
+            )
         else:
-            print(f"batch 1: 30 dB held in <= 500 s: from {never(s['held30'][0])} ({s['held30'][1]}) -> "
-                  f"{'MET' if s['held30'][0] <= 500 else 'NOT MET'}")
+            print(
+                f"batch 1: 30 dB held in <= 500 s: from {never(s['held30'][0])} ({s['held30'][1]}) -> "
+                f"{'MET' if s['held30'][0] <= 500 else 'NOT MET'}"
+            )
         if s["ratio"] is not None:
-            print(f"batch {b}: per-step cost vs bare step {s['ratio']:.3f}x (<= 1.05) -> "
-                  f"{'MET' if s['ratio'] <= 1.05 else 'NOT MET'}")
+            print(
+                f"batch {b}: per-step cost vs bare step {s['ratio']:.3f}x (<= 1.05) -> "
+                f"{'MET' if s['ratio'] <= 1.05 else 'NOT MET'}"
+            )
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(argv=sys.argv[1:], first_image=first, clock=args.clock,
-                                                   batches=record), indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(dict(argv=sys.argv[1:], first_image=first, clock=args.clock, batches=record), indent=1) + "\n"
+        )
         print(f"(results written to {args.json})")
     return 0
 
@@ -659,21 +769,35 @@ def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: a few iterations of everything")
     ap.add_argument("--batches", default="1,4")
-    ap.add_argument("--first-image", type=int, default=0,
-                    help="the case's first CIFAR-10 test image (0): other images check that a verdict is not picked")
+    ap.add_argument(
+        "--first-image",
+        type=int,
+        default=0,
+        help="the case's first CIFAR-10 test image (0): other images check that a verdict is not picked",
+    )
     ap.add_argument("--dlg-batches", default="1", help="batch sizes breaching's DLG runs at ('' for none)")
     ap.add_argument("--ig-iters", type=int, default=None, help="breaching invertinggradients iterations (1000)")
     ap.add_argument("--dlg-iters", type=int, default=None, help="breaching deepleakage L-BFGS steps (300)")
-    ap.add_argument("--recipes", default=DEFAULT_RECIPES,
-                    help="our recipes, comma-separated, each NAME or NAME:ITERATIONS; known: "
-                         + "; ".join(f"{n} = {r} (batches {','.join(map(str, r.batches))})" for n, r in RECIPES.items()))
-    ap.add_argument("--only-batches", default="", help="run every chosen recipe at these batch sizes (default: each "
-                                                       "recipe's own)")
-    ap.add_argument("--reuse-breaching", action="store_true",
-                    help="reuse breaching's stored result for the same case, iterations and clock (under "
-                         "$GI_PEER_ROOT/out) instead of running it again")
-    ap.add_argument("--checkpoints", default="", help="seconds at which to read PSNR (default: 5, 10, 25, 50 and 100%% "
-                                                      "of breaching IG's time)")
+    ap.add_argument(
+        "--recipes",
+        default=DEFAULT_RECIPES,
+        help="our recipes, comma-separated, each NAME or NAME:ITERATIONS; known: "
+        + "; ".join(f"{n} = {r} (batches {','.join(map(str, r.batches))})" for n, r in RECIPES.items()),
+    )
+    ap.add_argument(
+        "--only-batches", default="", help="run every chosen recipe at these batch sizes (default: each recipe's own)"
+    )
+    ap.add_argument(
+        "--reuse-breaching",
+        action="store_true",
+        help="reuse breaching's stored result for the same case, iterations and clock (under "
+        "$GI_PEER_ROOT/out) instead of running it again",
+    )
+    ap.add_argument(
+        "--checkpoints",
+        default="",
+        help="seconds at which to read PSNR (default: 5, 10, 25, 50 and 100%% of breaching IG's time)",
+    )
     ap.add_argument("--ratio-iters", type=int, default=10)
     ap.add_argument("--ratio-rounds", type=int, default=5, help="interleaved rounds of the per-step ratio (0: skip it)")
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")

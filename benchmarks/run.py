@@ -12,6 +12,7 @@ forward + double-backward + Adam step written inline on the same model and batch
 two are interleaved in one process (median of several rounds) so that machine load
 affects both alike. Timings are on one thread, as the book runs (config.set_threads()).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,18 @@ def library_steps(model, update, labels, shape, num_iters: int) -> float:
     A run has per-run costs (copying the model, one final evaluation to rank restarts);
     the marginal cost of an iteration is the difference between a run of 2N and one of N.
     """
+
     def run(n: int) -> float:
-        return invert.reconstruct(update, model, spaces.PixelSpace(shape), optimizer=invert.Adam(0.1), num_iters=n,
-                                  labels=labels, distance="l2", progress=False).seconds
+        return invert.reconstruct(
+            update,
+            model,
+            spaces.PixelSpace(shape),
+            optimizer=invert.Adam(0.1),
+            num_iters=n,
+            labels=labels,
+            distance="l2",
+            progress=False,
+        ).seconds
 
     return run(2 * num_iters) - run(num_iters)
 
@@ -76,8 +86,11 @@ def step_figures(name: str, batch_size: int, num_iters: int, rounds: int) -> dic
     for _ in range(rounds):
         lib.append(library_steps(model, update, labels, shape, num_iters) / num_iters)
         bare.append(bare_steps(model, update, labels, shape, num_iters) / num_iters)
-    return {"library_ms": 1000 * statistics.median(lib), "bare_ms": 1000 * statistics.median(bare),
-            "ratio": statistics.median(a / b for a, b in zip(lib, bare))}
+    return {
+        "library_ms": 1000 * statistics.median(lib),
+        "bare_ms": 1000 * statistics.median(bare),
+        "ratio": statistics.median(a / b for a, b in zip(lib, bare)),
+    }
 
 
 def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, rounds: int) -> dict[str, float]:
@@ -100,17 +113,20 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
     pixel = dict(optimizer=gi_x.optimizer, distance=gi_x.distance, priors=[priors.TotalVariation(gi_x.tv)])
     latent = dict(optimizer=invert.Adam(budget.z_lr, decay=True), distance="cosine")
     weights = dict(optimizer=invert.Adam(budget.w_lr, decay=True), distance="cosine")
-    make = {"GI-x": (lambda: spaces.PixelSpace((batch_size, 1, 32, 32)), pixel),
-            "GI-z": (lambda: spaces.LatentSpace(generator, batch_size), latent),
-            "stage 2": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z), weights),
-            "vmap": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, vectorise="vmap"), weights),
-            "shared": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, shared=True), weights)}
+    make = {
+        "GI-x": (lambda: spaces.PixelSpace((batch_size, 1, 32, 32)), pixel),
+        "GI-z": (lambda: spaces.LatentSpace(generator, batch_size), latent),
+        "stage 2": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z), weights),
+        "vmap": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, vectorise="vmap"), weights),
+        "shared": (lambda: spaces.GeneratorSpace(generator, batch_size, z=z, shared=True), weights),
+    }
 
     def run(name: str, n: int) -> float:
         space, options = make[name]
         start = time.process_time()  # CPU time of this one-threaded process: other jobs on the machine stretch it less
-        invert.reconstruct(update, victim, space(), num_iters=n, threat_model=threats.DATA_ENHANCED, progress=False,
-                           **options)
+        invert.reconstruct(
+            update, victim, space(), num_iters=n, threat_model=threats.DATA_ENHANCED, progress=False, **options
+        )
         return time.process_time() - start
 
     def marginal(name: str) -> float:
@@ -138,16 +154,21 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
         for name in make:
             times[name].append(marginal(name))
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
-    return {**ms, **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make},
-            **{f"{name}_flops": work[name] / work["GI-x"] for name in work}}
+    return {
+        **ms,
+        **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make},
+        **{f"{name}_flops": work[name] / work["GI-x"] for name in work},
+    }
 
 
 def chapter_seconds(notebook: Path, quick: bool) -> float:
     """Wall time to execute a notebook top to bottom in a fresh kernel."""
     env = dict(os.environ, GI_TUTORIAL_QUICK="1" if quick else "0", GI_TUTORIAL_PROGRESS="0")
-    code = ("import nbformat, nbclient, sys; nb = nbformat.read(sys.argv[1], 4); "
-            "nbclient.NotebookClient(nb, timeout=3600, kernel_name='python3', "
-            "resources={'metadata': {'path': sys.argv[2]}}).execute()")
+    code = (
+        "import nbformat, nbclient, sys; nb = nbformat.read(sys.argv[1], 4); "
+        "nbclient.NotebookClient(nb, timeout=3600, kernel_name='python3', "
+        "resources={'metadata': {'path': sys.argv[2]}}).execute()"
+    )
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, str(notebook), str(notebook.parent)], env=env, check=True)
     return time.perf_counter() - start
@@ -170,23 +191,30 @@ def main() -> None:
         print("\nms per inversion step (Adam, L2 matching), library loop vs bare double-backprop step:")
         for name, b, iters, rounds in (("lenet", 1, 200, 5), ("resnet18", 4, 5, 3)):
             f = step_figures(name, b, iters, rounds)
-            print(f"  {name:9s} batch {b}: library {f['library_ms']:8.1f} ms, bare {f['bare_ms']:8.1f} ms, "
-                  f"ratio {f['ratio']:.3f}")
+            print(
+                f"  {name:9s} batch {b}: library {f['library_ms']:8.1f} ms, bare {f['bare_ms']:8.1f} ms, "
+                f"ratio {f['ratio']:.3f}"
+            )
     if args.generator or both:
-        print("\nms per step (CPU time, median of interleaved rounds) in the generator's spaces, and its ratio to a\n"
-              "pixel-space (GI-x) step, each as the book runs it; in brackets the same ratio in FLOPs (matrix products\n"
-              "and convolutions, torch.utils.flop_counter), what the ratio would be if every FLOP cost the same:\n"
-              "  stage 2 = GIAS's per-image copies of the weights, as the library runs them (per-copy layers);\n"
-              "  vmap = the same copies through torch.func.vmap; one copy = a single copy shared by the batch\n"
-              "  (GIML's inner loop: the generator's own work, with no per-image weights)")
+        print(
+            "\nms per step (CPU time, median of interleaved rounds) in the generator's spaces, and its ratio to a\n"
+            "pixel-space (GI-x) step, each as the book runs it; in brackets the same ratio in FLOPs (matrix products\n"
+            "and convolutions, torch.utils.flop_counter), what the ratio would be if every FLOP cost the same:\n"
+            "  stage 2 = GIAS's per-image copies of the weights, as the library runs them (per-copy layers);\n"
+            "  vmap = the same copies through torch.func.vmap; one copy = a single copy shared by the batch\n"
+            "  (GIML's inner loop: the generator's own work, with no per-image weights)"
+        )
         for victim in args.victims.split(","):
             for b in (int(b) for b in args.batches.split(",")):
                 f = generator_step_figures(victim, b, args.iters, args.rounds)
-                print(f"  {victim:11s} batch {b}: GI-x {f['GI-x']:5.1f} ms | GI-z {f['GI-z']:5.1f} ms "
-                      f"{f['GI-z_ratio']:.2f}x ({f['GI-z_flops']:.2f}) | stage 2 {f['stage 2']:5.1f} ms "
-                      f"{f['stage 2_ratio']:.2f}x ({f['stage 2_flops']:.2f}) | vmap {f['vmap']:5.1f} ms "
-                      f"{f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms {f['shared_ratio']:.2f}x "
-                      f"({f['shared_flops']:.2f})", flush=True)
+                print(
+                    f"  {victim:11s} batch {b}: GI-x {f['GI-x']:5.1f} ms | GI-z {f['GI-z']:5.1f} ms "
+                    f"{f['GI-z_ratio']:.2f}x ({f['GI-z_flops']:.2f}) | stage 2 {f['stage 2']:5.1f} ms "
+                    f"{f['stage 2_ratio']:.2f}x ({f['stage 2_flops']:.2f}) | vmap {f['vmap']:5.1f} ms "
+                    f"{f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms {f['shared_ratio']:.2f}x "
+                    f"({f['shared_flops']:.2f})",
+                    flush=True,
+                )
     if args.chapters or both:
         print("\nseconds per chapter (fresh kernel, top to bottom):")
         total = {"full": 0.0, "quick": 0.0}

@@ -9,6 +9,7 @@ It is not part of ``make test``: it takes up to about 30 minutes on two cores.
 
     python benchmarks/verify.py [--jobs 2] [--only ch4 ch5] [--quick]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         print(output.rstrip())
         if code != 0:
             failed.append(path.stem)
-    print(f"\n{len(results) - len(failed)} of {len(results)} chapters' verdicts hold on held-out seeds and images"
-          + (f"; not: {', '.join(failed)}" if failed else "") + f" ({(time.perf_counter() - start) / 60:.1f} minutes)")
+    print(
+        f"\n{len(results) - len(failed)} of {len(results)} chapters' verdicts hold on held-out seeds and images"
+        + (f"; not: {', '.join(failed)}" if failed else "")
+        + f" ({(time.perf_counter() - start) / 60:.1f} minutes)"
+    )
     return 1 if failed else 0
 
 

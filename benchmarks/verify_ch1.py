@@ -20,6 +20,7 @@ ahead by more than the margin on average and in every pair), "B wins", or "no cl
 holds when the held-out comparison gives the outcome of the chapter's last full run
 (:data:`CLAIMS`). About 1.5 minutes on one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,9 +57,11 @@ def check(tally: stats.Tally, experiment: str, a, b, metric: str, by: str = "met
     got = outcome(a, b, paired)
     fmt, unit = ("{:.1f}", " dB") if metric == "psnr" else ("{:.0%}", "")
     sides = " | ".join(f"{by} {v}: {tally.summary(metric, **{by: v}, **where).format(fmt, unit)}" for v in (a, b))
-    print(f"  {metric:10s} {a} vs {b}: chapter says {expected}, held out {got}: "
-          f"{'holds' if got == expected else 'DOES NOT HOLD'}\n"
-          f"             held out: {sides}; {stats.compare(str(a), str(b), paired, unit=unit, fmt=fmt)}")
+    print(
+        f"  {metric:10s} {a} vs {b}: chapter says {expected}, held out {got}: "
+        f"{'holds' if got == expected else 'DOES NOT HOLD'}\n"
+        f"             held out: {sides}; {stats.compare(str(a), str(b), paired, unit=unit, fmt=fmt)}"
+    )
     return int(got != expected)
 
 
@@ -76,23 +79,36 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         model = models.build_model("lenet", seed=seed)
         for i in HELD_OUT:
-            update = fl.client_update(model, images[i:i + 1], labels[i:i + 1])
+            update = fl.client_update(model, images[i : i + 1], labels[i : i + 1])
             right += int(analytic.recover_label(update, model) == labels[i])
             total += 1
     failed += right != total
-    print(f"chapter 1, held out: LeNet seeds {args.seeds}, CIFAR-10 test images {HELD_OUT[0]}-{HELD_OUT[-1]}\n"
-          f"labels from the bias gradient: {right} of {total} right (chapter: every label): "
-          f"{'holds' if right == total else 'DOES NOT HOLD'}")
+    print(
+        f"chapter 1, held out: LeNet seeds {args.seeds}, CIFAR-10 test images {HELD_OUT[0]}-{HELD_OUT[-1]}\n"
+        f"labels from the bias gradient: {right} of {total} right (chapter: every label): "
+        f"{'holds' if right == total else 'DOES NOT HOLD'}"
+    )
 
     single = stats.Tally(keys=("case", "method"))
     for k, seed in enumerate(args.seeds):
         model = models.build_model("lenet", seed=seed)
-        x, y = images[HELD_OUT[k]:HELD_OUT[k] + 1], labels[HELD_OUT[k]:HELD_OUT[k] + 1]
+        x, y = images[HELD_OUT[k] : HELD_OUT[k] + 1], labels[HELD_OUT[k] : HELD_OUT[k] + 1]
         stick = yardstick.cifar10(exclude=x)
-        attacks.run_battery(fl.client_update(model, x, y), model, [dlg, attacks.Floor("mean image", "mean image")],
-                            truth=x, truth_labels=y, yardstick=stick, tally=single, seed=seed, case=k)
-    print(f"DLG at batch size 1 ({dlg.restarts} restarts x {dlg.num_iters} steps), images "
-          f"{HELD_OUT[:len(args.seeds)]}, {time.perf_counter() - start:.0f} s")
+        attacks.run_battery(
+            fl.client_update(model, x, y),
+            model,
+            [dlg, attacks.Floor("mean image", "mean image")],
+            truth=x,
+            truth_labels=y,
+            yardstick=stick,
+            tally=single,
+            seed=seed,
+            case=k,
+        )
+    print(
+        f"DLG at batch size 1 ({dlg.restarts} restarts x {dlg.num_iters} steps), images "
+        f"{HELD_OUT[: len(args.seeds)]}, {time.perf_counter() - start:.0f} s"
+    )
     for metric in ("psnr", "identified"):
         failed += check(single, "batch 1", "DLG", "mean image", metric)
 
@@ -103,14 +119,25 @@ def main(argv: list[str] | None = None) -> int:
         for b in (1, 8):
             chosen = [HELD_OUT[(2 * k + j) % len(HELD_OUT)] for j in range(b)]
             x, y = images[chosen], labels[chosen]
-            attacks.run_battery(fl.client_update(model, x, y, share_labels=True), model, [sweep_recipe], truth=x,
-                                truth_labels=y, yardstick=yardstick.cifar10(exclude=x), tally=sweep, seed=seed, case=k,
-                                batch=b)
+            attacks.run_battery(
+                fl.client_update(model, x, y, share_labels=True),
+                model,
+                [sweep_recipe],
+                truth=x,
+                truth_labels=y,
+                yardstick=yardstick.cifar10(exclude=x),
+                tally=sweep,
+                seed=seed,
+                case=k,
+                batch=b,
+            )
     print(f"DLG at batch sizes 1 and 8 ({sweep_recipe.num_iters} steps, 1 start), {time.perf_counter() - start:.0f} s")
     for metric in ("psnr", "identified"):
         failed += check(sweep, "sweep", 1, 8, metric, by="batch", method="DLG")
-    print(f"chapter 1: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'} "
-          f"({time.perf_counter() - start:.0f} s)")
+    print(
+        f"chapter 1: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return 1 if failed else 0
 
 

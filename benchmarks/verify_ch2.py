@@ -17,6 +17,7 @@ ahead by more than the margin on average and in every pair), "B wins", or "no cl
 holds when the held-out comparison gives the outcome of the chapter's last full run
 (:data:`CLAIMS`). About 2 minutes on one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,17 +60,28 @@ def check(tally: stats.Tally, experiment: str, a: str, b: str, metric: str, **wh
     got = outcome(a, b, paired)
     fmt, unit = ("{:.1f}", " dB") if metric == "psnr" else ("{:.0%}", "")
     sides = " | ".join(f"{m} {tally.summary(metric, method=m, **where).format(fmt, unit)}" for m in (a, b))
-    print(f"  {metric:10s} {a} vs {b}: chapter says {expected}, held out {got}: "
-          f"{'holds' if got == expected else 'DOES NOT HOLD'}\n"
-          f"             held out: {sides}; {stats.compare(a, b, paired, unit=unit, fmt=fmt)}")
+    print(
+        f"  {metric:10s} {a} vs {b}: chapter says {expected}, held out {got}: "
+        f"{'holds' if got == expected else 'DOES NOT HOLD'}\n"
+        f"             held out: {sides}; {stats.compare(a, b, paired, unit=unit, fmt=fmt)}"
+    )
     return int(got != expected)
 
 
 def with_bn(gi_x, update, model, tv: float, seed: int):
     """GI-x plus the BatchNorm prior, as chapter 2 runs it (threat model E: the update carries the statistics)."""
     chosen = [priors.BNStatistics(BN_WEIGHT, update.bn_statistics)] + ([priors.TotalVariation(tv)] if tv else [])
-    return invert.reconstruct(update, model, PixelSpace((update.batch_size, 3, 32, 32)), optimizer=gi_x.optimizer,
-                              num_iters=gi_x.num_iters, distance=gi_x.distance, priors=chosen, seed=seed, progress=False)
+    return invert.reconstruct(
+        update,
+        model,
+        PixelSpace((update.batch_size, 3, 32, 32)),
+        optimizer=gi_x.optimizer,
+        num_iters=gi_x.num_iters,
+        distance=gi_x.distance,
+        priors=chosen,
+        seed=seed,
+        progress=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,23 +103,46 @@ def main(argv: list[str] | None = None) -> int:
             stick = yardstick.cifar10(exclude=x)
             model = models.build_model("convnet_bn", seed=seed).train()
             update = fl.client_update(model, x, y, share_labels=True, share_bn_statistics=True)
-            attacks.run_battery(update, model, [attacks.with_budget(gi_x, tv=0.0, name="none"),
-                                                attacks.with_budget(gi_x, name="TV"), mean_image],
-                                truth=x, truth_labels=y, yardstick=stick, tally=tally, seed=seed, batch=b, group=k)
+            attacks.run_battery(
+                update,
+                model,
+                [attacks.with_budget(gi_x, tv=0.0, name="none"), attacks.with_budget(gi_x, name="TV"), mean_image],
+                truth=x,
+                truth_labels=y,
+                yardstick=stick,
+                tally=tally,
+                seed=seed,
+                batch=b,
+                group=k,
+            )
             for name, tv in (("BN", 0.0), ("TV+BN", budget.tv)):
                 run = with_bn(gi_x, update, model, tv, seed)
                 row, _ = attacks.score(run.images, x, y, stick)
                 tally.add(batch=b, group=k, method=name, **row, grad_loss=run.grad_loss, seconds=run.seconds)
             mlp = models.build_model("mlp", seed=seed)
             mlp_update = fl.client_update(mlp, x, y, share_labels=True)
-            attacks.run_battery(mlp_update, mlp, [gi_x], truth=x, truth_labels=y, yardstick=stick, tally=ica,
-                                seed=seed, batch=b, group=k)
+            attacks.run_battery(
+                mlp_update,
+                mlp,
+                [gi_x],
+                truth=x,
+                truth_labels=y,
+                yardstick=stick,
+                tally=ica,
+                seed=seed,
+                batch=b,
+                group=k,
+            )
             row, _ = attacks.score(separation.recover_batch(mlp_update, mlp, mlp.hidden, (3, 32, 32)), x, y, stick)
             ica.add(batch=b, group=k, method="ICA", **row)
-    print(f"chapter 2, held out: model seeds {args.seeds}, CIFAR-10 test images {HELD_OUT[0]}-{HELD_OUT[-1]}, "
-          f"batch sizes {BATCHES}, {time.perf_counter() - start:.0f} s")
-    floor = " | ".join(f"{metric} {tally.summary(metric, method='mean image').format(fmt)}"
-                       for metric, fmt in (("psnr", "{:.1f}"), ("identified", "{:.0%}")))
+    print(
+        f"chapter 2, held out: model seeds {args.seeds}, CIFAR-10 test images {HELD_OUT[0]}-{HELD_OUT[-1]}, "
+        f"batch sizes {BATCHES}, {time.perf_counter() - start:.0f} s"
+    )
+    floor = " | ".join(
+        f"{metric} {tally.summary(metric, method='mean image').format(fmt)}"
+        for metric, fmt in (("psnr", "{:.1f}"), ("identified", "{:.0%}"))
+    )
     print(f"priors on GI-x, convnet_bn, paired over (batch, group); the mean-image floor, no gradient: {floor}")
     failed = 0
     for prior in ("TV", "BN", "TV+BN"):
@@ -116,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source separation against GI-x, MLP, batch size {BATCHES[-1]}, paired over groups")
     for metric in ("psnr", "identified"):
         failed += check(ica, "ICA", "ICA", "GI-x", metric, batch=BATCHES[-1])
-    print(f"chapter 2: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'} "
-          f"({time.perf_counter() - start:.0f} s)")
+    print(
+        f"chapter 2: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return 1 if failed else 0
 
 

@@ -18,6 +18,7 @@ holds when the held-out comparison gives the outcome the chapter's own run gave 
 identified counts: GI-z is identified for fewer out-of-range targets than GI-x. About 3 minutes
 on one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ def outcome(a: str, b: str, paired: stats.Paired) -> str:
 def others_of(pool: torch.Tensor, exclude: list[int]) -> yardstick.Yardstick:
     """Identification among other images of the same kind (any class), as chapter 3 ranks out-of-range targets."""
     rest = pool[[i for i in range(len(pool)) if i not in exclude]]
-    return yardstick.Yardstick(rest, torch.zeros(len(rest)), rest, torch.zeros(len(rest)), k=len(rest), same_class=False)
+    return yardstick.Yardstick(
+        rest, torch.zeros(len(rest)), rest, torch.zeros(len(rest)), k=len(rest), same_class=False
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,21 +73,36 @@ def main(argv: list[str] | None = None) -> int:
     tally = stats.Tally(keys=("victim", "group", "method"))
     for k, seed in enumerate(args.seeds):
         first = FIRST_IMAGE + BATCH * k
-        x, y = images[first:first + BATCH], labels[first:first + BATCH]
+        x, y = images[first : first + BATCH], labels[first : first + BATCH]
         stick = yardstick.fashion_mnist(exclude=x)
         for v, name in VICTIMS.items():
             model = models.build_model(name, in_channels=1, seed=seed)
             update = fl.client_update(model, x, y, share_labels=True)
-            attacks.run_battery(update, model, recipes, truth=x, truth_labels=y, yardstick=stick,
-                                generators={"dcgan": generator}, tally=tally, seed=seed, victim=v, group=k)
+            attacks.run_battery(
+                update,
+                model,
+                recipes,
+                truth=x,
+                truth_labels=y,
+                yardstick=stick,
+                generators={"dcgan": generator},
+                tally=tally,
+                seed=seed,
+                victim=v,
+                group=k,
+            )
     cursor = FIRST_IMAGE + BATCH * len(args.seeds)
-    print(f"chapter 3, held out: victim seeds {args.seeds}, Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1} "
-          f"(batches of {BATCH}), {time.perf_counter() - start:.0f} s")
+    print(
+        f"chapter 3, held out: victim seeds {args.seeds}, Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1} "
+        f"(batches of {BATCH}), {time.perf_counter() - start:.0f} s"
+    )
     failed = 0
     for v in VICTIMS:
-        floors = " | ".join(f"{m} {tally.summary(metric, victim=v, method=m).format(fmt)}"
-                            for m in ("label only", "prior sample")
-                            for metric, fmt in (("psnr", "{:.1f}"), ("identified", "{:.0%}")))
+        floors = " | ".join(
+            f"{m} {tally.summary(metric, victim=v, method=m).format(fmt)}"
+            for m in ("label only", "prior sample")
+            for metric, fmt in (("psnr", "{:.1f}"), ("identified", "{:.0%}"))
+        )
         print(f"victim {v}, batch {BATCH} (floors, no gradient: {floors})")
         for (victim, a, b, metric), expected in CLAIMS.items():
             if victim != v:
@@ -94,40 +112,65 @@ def main(argv: list[str] | None = None) -> int:
             fmt, unit = ("{:.1f}", " dB") if metric == "psnr" else ("{:.0%}", "")
             sides = " | ".join(f"{m} {tally.summary(metric, victim=v, method=m).format(fmt, unit)}" for m in (a, b))
             failed += got != expected
-            print(f"  {metric:10s} {a} vs {b}: chapter says {expected}, held out {got}: "
-                  f"{'holds' if got == expected else 'DOES NOT HOLD'}\n"
-                  f"             held out: {sides}; {stats.compare(a, b, paired, unit=unit, fmt=fmt)}")
+            print(
+                f"  {metric:10s} {a} vs {b}: chapter says {expected}, held out {got}: "
+                f"{'holds' if got == expected else 'DOES NOT HOLD'}\n"
+                f"             held out: {sides}; {stats.compare(a, b, paired, unit=unit, fmt=fmt)}"
+            )
 
     # the range limit: single targets against victim A (seed of the first held-out group)
     model = models.build_model("convnet_fc", in_channels=1, seed=args.seeds[0])
     digits, digit_labels = data.load_dataset("mnist", "test", data.NUM_SHIPPED)
     photos = data.cifar10_targets(data.NUM_SHIPPED)[0].mean(dim=1, keepdim=True)
-    cases = [("garment", images[i:i + 1], labels[i:i + 1], yardstick.fashion_mnist(exclude=images[i:i + 1]))
-             for i in range(cursor, cursor + 3)]
-    cases += [("digit", digits[i:i + 1], digit_labels[i:i + 1], others_of(digits, [i])) for i in (2, 3)]
+    cases = [
+        ("garment", images[i : i + 1], labels[i : i + 1], yardstick.fashion_mnist(exclude=images[i : i + 1]))
+        for i in range(cursor, cursor + 3)
+    ]
+    cases += [("digit", digits[i : i + 1], digit_labels[i : i + 1], others_of(digits, [i])) for i in (2, 3)]
     cases += [("grey photo", photos[19:20], torch.tensor([0]), others_of(photos, [19]))]
     single = stats.Tally(keys=("target", "kind", "method"))
     sample = [f for f in attacks.floors("dcgan") if f.kind == "prior sample"]
     for i, (kind, x, y, stick) in enumerate(cases):
         update = fl.client_update(model, x, y)
-        attacks.run_battery(update, model, [gi_x, gi_z, *sample], truth=x, truth_labels=y, yardstick=stick,
-                            generators={"dcgan": generator}, tally=single, seed=args.seeds[0], target=i, kind=kind)
+        attacks.run_battery(
+            update,
+            model,
+            [gi_x, gi_z, *sample],
+            truth=x,
+            truth_labels=y,
+            yardstick=stick,
+            generators={"dcgan": generator},
+            tally=single,
+            seed=args.seeds[0],
+            target=i,
+            kind=kind,
+        )
     odd = ["digit", "grey photo"]
     found = {m: int(sum(single.values("identified", kind=odd, method=m))) for m in ("GI-x", "GI-z", "prior sample")}
     holds = found["GI-z"] < found["GI-x"]
     failed += not holds
-    print(f"out of the generator's range (MNIST test digits 2-3, grey CIFAR-10 test image 19; victim A seed "
-          f"{args.seeds[0]}): identified GI-x {found['GI-x']} of 3, GI-z {found['GI-z']} of 3, a DCGAN sample "
-          f"{found['prior sample']} of 3")
+    print(
+        f"out of the generator's range (MNIST test digits 2-3, grey CIFAR-10 test image 19; victim A seed "
+        f"{args.seeds[0]}): identified GI-x {found['GI-x']} of 3, GI-z {found['GI-z']} of 3, a DCGAN sample "
+        f"{found['prior sample']} of 3"
+    )
     for kind in ("garment", odd):
         where = dict(kind=kind)
-        print(f"  {kind if isinstance(kind, str) else 'out of range'}: "
-              + " | ".join(f"{m} {single.summary('psnr', method=m, **where).format(unit=' dB')}"
-                           for m in ("GI-x", "GI-z", "prior sample")))
-    print(f"  chapter says GI-z is identified for fewer out-of-range targets than GI-x: "
-          f"{'holds' if holds else 'DOES NOT HOLD'}")
-    print(f"chapter 3: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'} "
-          f"({time.perf_counter() - start:.0f} s)")
+        print(
+            f"  {kind if isinstance(kind, str) else 'out of range'}: "
+            + " | ".join(
+                f"{m} {single.summary('psnr', method=m, **where).format(unit=' dB')}"
+                for m in ("GI-x", "GI-z", "prior sample")
+            )
+        )
+    print(
+        f"  chapter says GI-z is identified for fewer out-of-range targets than GI-x: "
+        f"{'holds' if holds else 'DOES NOT HOLD'}"
+    )
+    print(
+        f"chapter 3: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'} "
+        f"({time.perf_counter() - start:.0f} s)"
+    )
     return 1 if failed else 0
 
 

@@ -17,6 +17,7 @@ target (:func:`gi_tutorial.giml.target_met`) is printed for both, not enforced: 
 whether it is met on each. ``--out`` writes the held-out runs (the chapter shows the shipped
 ``gi_tutorial/results/ch5_verify.json`` beside its verdicts). About 6 to 8 minutes on one core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,44 @@ FIRST_IMAGE = 5000  # chapter 5's held-out images: 5000-5999
 TABLE = storage.RESULTS / "ch5_table.json"  # written by benchmarks/ch5_table.py
 
 
-def attack_group(victim: str, batch: int, seed: int, first: int, recipes, priors, tally: stats.Tally, images,
-                 labels, stick: yardstick.Yardstick) -> None:
+def attack_group(
+    victim: str,
+    batch: int,
+    seed: int,
+    first: int,
+    recipes,
+    priors,
+    tally: stats.Tally,
+    images,
+    labels,
+    stick: yardstick.Yardstick,
+) -> None:
     """One group, as benchmarks/ch5_table.py runs it: the victim's update on its images, every recipe."""
-    x, y = images[first:first + batch], labels[first:first + batch]
+    x, y = images[first : first + batch], labels[first : first + batch]
     model = models.build_model(models.VICTIMS[victim], in_channels=1, seed=seed)
     update = fl.client_update(model, x, y, share_labels=True)
-    attacks.run_battery(update, model, recipes, truth=x, truth_labels=y, yardstick=stick, generators=priors,
-                        tally=tally, seed=seed, victim=victim, batch=batch, first_image=first)
+    attacks.run_battery(
+        update,
+        model,
+        recipes,
+        truth=x,
+        truth_labels=y,
+        yardstick=stick,
+        generators=priors,
+        tally=tally,
+        seed=seed,
+        victim=victim,
+        batch=batch,
+        first_image=first,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
-    parser.add_argument("--quick", action="store_true", help="quick budgets: a smoke test of every code path (proves nothing)")
+    parser.add_argument(
+        "--quick", action="store_true", help="quick budgets: a smoke test of every code path (proves nothing)"
+    )
     parser.add_argument("--out", default="", help="also write the held-out runs, with provenance, to this results file")
     args = parser.parse_args(argv)
     if args.quick:
@@ -61,20 +86,29 @@ def main(argv: list[str] | None = None) -> int:
     recipes = giml.prior_battery(attacks.budget_for("ch5"), PRIORS, gi_x=False)
     held_out, start, cursor = stats.Tally(("victim", "batch", "seed", "method")), time.perf_counter(), FIRST_IMAGE
     needed = sum(batch for _, batch in CASES) * len(args.seeds)
-    stick = yardstick.fashion_mnist(exclude=images[FIRST_IMAGE:FIRST_IMAGE + needed])  # the pool: test images 8000+
+    stick = yardstick.fashion_mnist(exclude=images[FIRST_IMAGE : FIRST_IMAGE + needed])  # the pool: test images 8000+
     for victim, batch in CASES:
         for seed in args.seeds:
             attack_group(victim, batch, seed, cursor, recipes, priors, held_out, images, labels, stick)
             cursor += batch
     seconds = time.perf_counter() - start
-    print(f"chapter 5, held out: victim seeds {args.seeds}, Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1}, "
-          f"{seconds:.0f} s")
+    print(
+        f"chapter 5, held out: victim seeds {args.seeds}, Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1}, "
+        f"{seconds:.0f} s"
+    )
     if args.out:
         command = " ".join(["python benchmarks/verify_ch5.py", *(argv if argv is not None else sys.argv[1:])])
-        storage.save_results(args.out, held_out.to_json(), command=command, seeds=list(args.seeds),
-                             cases=[list(c) for c in CASES], images=f"Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1}",
-                             budgets=dataclasses.asdict(attacks.budget_for("ch5")), seconds=round(seconds, 1),
-                             torch=torch.__version__)
+        storage.save_results(
+            args.out,
+            held_out.to_json(),
+            command=command,
+            seeds=list(args.seeds),
+            cases=[list(c) for c in CASES],
+            images=f"Fashion-MNIST test images {FIRST_IMAGE}-{cursor - 1}",
+            budgets=dataclasses.asdict(attacks.budget_for("ch5")),
+            seconds=round(seconds, 1),
+            torch=torch.__version__,
+        )
     failed = 0
     for victim, batch in CASES:
         where = dict(victim=victim, batch=batch)
@@ -86,15 +120,21 @@ def main(argv: list[str] | None = None) -> int:
                 expected, got = giml.outcome(chapter[metric][0]), giml.outcome(check[metric][0])
                 holds = giml.still_holds(chapter[metric][0], check[metric][0])
                 _, unit, fmt = giml.SCORES[metric]
-                sides = " | ".join(f"{m} {held_out.summary(metric, method=m, **where).format(fmt, unit)}" for m in (a, b))
+                sides = " | ".join(
+                    f"{m} {held_out.summary(metric, method=m, **where).format(fmt, unit)}" for m in (a, b)
+                )
                 failed += not holds
-                print(f"  {metric:10s} {a} vs {b}: chapter says {expected} ({chapter[metric][0].gap.format(fmt, unit)}), "
-                      f"held out {got}: {'holds' if holds else 'DOES NOT HOLD'}\n"
-                      f"             held out: {sides}; {check[metric][1]}")
+                print(
+                    f"  {metric:10s} {a} vs {b}: chapter says {expected} ({chapter[metric][0].gap.format(fmt, unit)}), "
+                    f"held out {got}: {'holds' if holds else 'DOES NOT HOLD'}\n"
+                    f"             held out: {sides}; {check[metric][1]}"
+                )
         said, found = giml.target_met(shipped, **where), giml.target_met(held_out, **where)
-        print(f"  target (GIAS with GIML >= untrained + 15 points and >= non-meta, identified; printed, not "
-              f"enforced): chapter's table {'met' if said[0] else 'not met'} ({said[1]:+.0%}, {said[2]:+.0%}), held "
-              f"out {'met' if found[0] else 'not met'} ({found[1]:+.0%}, {found[2]:+.0%})")
+        print(
+            f"  target (GIAS with GIML >= untrained + 15 points and >= non-meta, identified; printed, not "
+            f"enforced): chapter's table {'met' if said[0] else 'not met'} ({said[1]:+.0%}, {said[2]:+.0%}), held "
+            f"out {'met' if found[0] else 'not met'} ({found[1]:+.0%}, {found[2]:+.0%})"
+        )
     print(f"chapter 5: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'}")
     return 1 if failed else 0
 

@@ -9,4 +9,5 @@ connected layer's gradient), ``generators`` (the DCGAN prior and its checkpoint)
 DP-FedAvg, DP-SGD via Opacus, pruning, privacy accounting), ``metrics``, ``viz`` and
 ``exercises``.
 """
+
 __version__ = "0.1.0"

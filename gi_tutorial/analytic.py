@@ -16,6 +16,7 @@
   from a network's symmetries). ``Count.ratio`` is always unknowns per independent
   equation: above 1, under-determined by count.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,9 @@ def last_linear_gradients(update: SharedUpdate, model: nn.Module) -> tuple[torch
     return linear_gradients(update, model, linears[-1])
 
 
-def linear_gradients(update: SharedUpdate, model: nn.Module, layer: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+def linear_gradients(
+    update: SharedUpdate, model: nn.Module, layer: nn.Linear
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weight and bias gradients of one linear layer of the model, read from an update."""
     index = {id(p): i for i, p in enumerate(trainable_parameters(model))}
     weight_grad = update.gradients[index[id(layer.weight)]]
@@ -227,7 +230,9 @@ def exact_dependencies(model: nn.Module) -> dict[str, int]:
     would make its rescaling identity empty).
     """
     rules: dict[str, int] = {}
-    with_weights = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm))]
+    with_weights = [
+        m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.modules.batchnorm._BatchNorm))
+    ]
     if with_weights and isinstance(with_weights[-1], nn.Linear) and with_weights[-1].weight.requires_grad:
         last = with_weights[-1]
         rules["softmax"] = last.in_features + (1 if last.bias is not None and last.bias.requires_grad else 0)
@@ -237,12 +242,18 @@ def exact_dependencies(model: nn.Module) -> dict[str, int]:
         convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
         rules["rescaling"] = sum(c.out_channels for c in convs)
         layers = list(model.features)
-        before_bn = [a for a, b in zip(layers, layers[1:])
-                     if isinstance(a, nn.Conv2d) and a.bias is not None and isinstance(b, nn.modules.batchnorm._BatchNorm)]
+        before_bn = [
+            a
+            for a, b in zip(layers, layers[1:])
+            if isinstance(a, nn.Conv2d) and a.bias is not None and isinstance(b, nn.modules.batchnorm._BatchNorm)
+        ]
         if before_bn:
             rules["bias_before_batchnorm"] = sum(c.out_channels for c in before_bn)
-        evaluated = [b for a, b in zip(layers, layers[1:])
-                     if isinstance(a, nn.Conv2d) and isinstance(b, nn.modules.batchnorm._BatchNorm) and not b.training]
+        evaluated = [
+            b
+            for a, b in zip(layers, layers[1:])
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.modules.batchnorm._BatchNorm) and not b.training
+        ]
         if evaluated:
             rules["scale_before_batchnorm"] = sum(b.num_features for b in evaluated)
     return rules

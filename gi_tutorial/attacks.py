@@ -18,11 +18,13 @@ scripts run the same attacks (quick mode shrinks every budget to a few steps).
 (capped at 40 dB), the SSIM, the identification rate and its chance level, the final gradient
 distance and the seconds, as a row of a :class:`~gi_tutorial.stats.Tally`.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import torch
 import torch.nn as nn
@@ -37,8 +39,24 @@ from .spaces import GeneratorSpace, LatentSpace, PixelSpace
 from .stats import Tally
 from .yardstick import Yardstick
 
-__all__ = ["Budget", "BUDGETS", "Outcome", "PixelAttack", "GenerativeAttack", "Floor", "dlg", "gi_x", "gi_z",
-           "gi_w", "gias_attack", "floors", "battery", "budget_for", "run_battery", "adaptive_model"]
+__all__ = [
+    "Budget",
+    "BUDGETS",
+    "Outcome",
+    "PixelAttack",
+    "GenerativeAttack",
+    "Floor",
+    "dlg",
+    "gi_x",
+    "gi_z",
+    "gi_w",
+    "gias_attack",
+    "floors",
+    "battery",
+    "budget_for",
+    "run_battery",
+    "adaptive_model",
+]
 
 
 @dataclass(frozen=True)
@@ -53,14 +71,24 @@ class Outcome:
 class Recipe(Protocol):
     name: str
 
-    def run(self, update: SharedUpdate, model: nn.Module, *, image_shape: tuple[int, int, int],
-            generators: dict[str, nn.Module], yardstick: Yardstick | None, seed: int) -> dict[str, Outcome]: ...
+    def run(
+        self,
+        update: SharedUpdate,
+        model: nn.Module,
+        *,
+        image_shape: tuple[int, int, int],
+        generators: dict[str, nn.Module],
+        yardstick: Yardstick | None,
+        seed: int,
+    ) -> dict[str, Outcome]: ...
 
 
 def _generator(generators: dict[str, nn.Module], role: str) -> nn.Module:
     if role not in generators:
-        raise ValueError(f"this recipe searches through the generator {role!r}, but the battery was given "
-                         f"{sorted(generators) or 'no generators'}: pass generators={{{role!r}: G, ...}}")
+        raise ValueError(
+            f"this recipe searches through the generator {role!r}, but the battery was given "
+            f"{sorted(generators) or 'no generators'}: pass generators={{{role!r}: G, ...}}"
+        )
     return generators[role]
 
 
@@ -82,9 +110,18 @@ class PixelAttack:
         space = PixelSpace((update.batch_size, *image_shape), box=(0.0, 1.0) if self.box else None)
         priors = [TotalVariation(self.tv)] if self.tv else []
         attacked = adaptive_model(model, update) if self.adaptive else model
-        run = reconstruct(update, attacked, space, optimizer=self.optimizer, num_iters=self.num_iters,
-                          restarts=self.restarts, distance=self.distance, priors=priors, seed=seed,
-                          threat_model=threats.PARAMETER_AWARE)
+        run = reconstruct(
+            update,
+            attacked,
+            space,
+            optimizer=self.optimizer,
+            num_iters=self.num_iters,
+            restarts=self.restarts,
+            distance=self.distance,
+            priors=priors,
+            seed=seed,
+            threat_model=threats.PARAMETER_AWARE,
+        )
         return {self.name: Outcome(run.images, run.grad_loss, run.seconds)}
 
     def __str__(self) -> str:
@@ -92,8 +129,10 @@ class PixelAttack:
         tv = f", total variation {self.tv:g}" if self.tv else ""
         starts = f"{self.restarts} restarts x " if self.restarts > 1 else ""
         adaptive = ", matching only the entries the client kept (adaptive)" if self.adaptive else ""
-        return (f"{self.name} ({self.paper}): pixels {box}; {self.distance} distance{tv}{adaptive}; "
-                f"{starts}{self.num_iters} steps of {self.optimizer}; {threats.PARAMETER_AWARE}")
+        return (
+            f"{self.name} ({self.paper}): pixels {box}; {self.distance} distance{tv}{adaptive}; "
+            f"{starts}{self.num_iters} steps of {self.optimizer}; {threats.PARAMETER_AWARE}"
+        )
 
 
 @dataclass(frozen=True)
@@ -115,19 +154,42 @@ class GenerativeAttack:
         attacked = adaptive_model(model, update) if self.adaptive else model
         batch = update.batch_size
         if self.latent is not None and self.weights is not None:
-            result = gias(update, attacked, generator, latent=self.latent, weights=self.weights, shared=self.shared,
-                          threat_model=threat_model, seed=seed)
-            out = {self.name: Outcome(result.images, result.weights.grad_loss,
-                                      result.latent.seconds + result.weights.seconds)}
+            result = gias(
+                update,
+                attacked,
+                generator,
+                latent=self.latent,
+                weights=self.weights,
+                shared=self.shared,
+                threat_model=threat_model,
+                seed=seed,
+            )
+            out = {
+                self.name: Outcome(
+                    result.images, result.weights.grad_loss, result.latent.seconds + result.weights.seconds
+                )
+            }
             if self.latent_name:
                 out[self.latent_name] = Outcome(result.latent.images, result.latent.grad_loss, result.latent.seconds)
             return out
         stage = self.latent or self.weights
-        space = LatentSpace(generator, batch) if self.latent is not None else GeneratorSpace(generator, batch,
-                                                                                             shared=self.shared)
-        run = reconstruct(update, attacked, space, optimizer=Adam(stage.lr, decay=True), num_iters=stage.num_iters,
-                          restarts=stage.restarts, distance=stage.distance, priors=stage.priors, seed=seed,
-                          threat_model=threat_model)
+        space = (
+            LatentSpace(generator, batch)
+            if self.latent is not None
+            else GeneratorSpace(generator, batch, shared=self.shared)
+        )
+        run = reconstruct(
+            update,
+            attacked,
+            space,
+            optimizer=Adam(stage.lr, decay=True),
+            num_iters=stage.num_iters,
+            restarts=stage.restarts,
+            distance=stage.distance,
+            priors=stage.priors,
+            seed=seed,
+            threat_model=threat_model,
+        )
         return {self.name: Outcome(run.images, run.grad_loss, run.seconds)}
 
     def __str__(self) -> str:
@@ -138,8 +200,11 @@ class GenerativeAttack:
             copies = "one shared copy" if self.shared else "one copy per image"
             start = "from z*" if self.latent is not None else "from a random z"
             parts.append(f"then the generator's weights ({copies}, {start}): {self.weights}")
-        return (f"{self.name} ({self.paper}): through the generator {self.generator!r}; " + "; ".join(parts)
-                + "; threat model D if the generator was trained on data like the clients', C if it was not")
+        return (
+            f"{self.name} ({self.paper}): through the generator {self.generator!r}; "
+            + "; ".join(parts)
+            + "; threat model D if the generator was trained on data like the clients', C if it was not"
+        )
 
 
 FloorKind = Literal["mean image", "label only", "prior sample"]
@@ -169,10 +234,11 @@ class Floor:
         return {self.name: Outcome(images.cpu(), None, time.perf_counter() - start)}
 
     def __str__(self) -> str:
-        what = {"mean image": "the public sample's mean image for every image (threat model D, no gradient)",
-                "label only": "the public sample's mean image of each label (threat model D, the labels only, "
-                              "no gradient)",
-                "prior sample": f"a random sample G(z) of the generator {self.generator!r}, no gradient"}[self.kind]
+        what = {
+            "mean image": "the public sample's mean image for every image (threat model D, no gradient)",
+            "label only": "the public sample's mean image of each label (threat model D, the labels only, no gradient)",
+            "prior sample": f"a random sample G(z) of the generator {self.generator!r}, no gradient",
+        }[self.kind]
         return f"{self.name} (floor): {what}"
 
 
@@ -216,20 +282,40 @@ def budget_for(name: str | Budget) -> Budget:
 
 def dlg(budget: Budget) -> PixelAttack:
     """DLG as iDLG runs it: L2 distance, L-BFGS at 1, unboxed pixels, restarts."""
-    return PixelAttack("DLG", budget.dlg_iters, LBFGS(1.0), distance="l2", restarts=budget.dlg_restarts, box=False,
-                       paper="Zhu et al., 2019")
+    return PixelAttack(
+        "DLG",
+        budget.dlg_iters,
+        LBFGS(1.0),
+        distance="l2",
+        restarts=budget.dlg_restarts,
+        box=False,
+        paper="Zhu et al., 2019",
+    )
 
 
 def gi_x(budget: Budget, *, name: str = "GI-x", adaptive: bool = False) -> PixelAttack:
     """Inverting Gradients: cosine distance, total variation, signed Adam at 0.1 with step decay, the box."""
-    return PixelAttack(name, budget.x_iters, Adam(0.1, signed=True, decay=True), distance="cosine", tv=budget.tv,
-                       restarts=budget.x_restarts, adaptive=adaptive, paper="Geiping et al., 2020")
+    return PixelAttack(
+        name,
+        budget.x_iters,
+        Adam(0.1, signed=True, decay=True),
+        distance="cosine",
+        tv=budget.tv,
+        restarts=budget.x_restarts,
+        adaptive=adaptive,
+        paper="Geiping et al., 2020",
+    )
 
 
 def gi_z(budget: Budget, generator: str = "dcgan", *, name: str = "GI-z") -> GenerativeAttack:
     """The latent search alone."""
-    return GenerativeAttack(name, generator, Stage(budget.z_iters, budget.z_lr, restarts=budget.z_restarts), None,
-                            paper="Bora et al., 2017; Jeon et al., 2021")
+    return GenerativeAttack(
+        name,
+        generator,
+        Stage(budget.z_iters, budget.z_lr, restarts=budget.z_restarts),
+        None,
+        paper="Bora et al., 2017; Jeon et al., 2021",
+    )
 
 
 def gi_w(budget: Budget, generator: str = "dcgan", *, name: str = "GI-w") -> GenerativeAttack:
@@ -237,27 +323,45 @@ def gi_w(budget: Budget, generator: str = "dcgan", *, name: str = "GI-w") -> Gen
     return GenerativeAttack(name, generator, None, Stage(budget.w_iters, budget.w_lr), paper="Jeon et al., 2021")
 
 
-def gias_attack(budget: Budget, generator: str = "dcgan", *, name: str = "GIAS", latent_name: str | None = "GI-z",
-                adaptive: bool = False) -> GenerativeAttack:
+def gias_attack(
+    budget: Budget,
+    generator: str = "dcgan",
+    *,
+    name: str = "GIAS",
+    latent_name: str | None = "GI-z",
+    adaptive: bool = False,
+) -> GenerativeAttack:
     """GIAS; its first stage is recorded as ``latent_name`` too (GI-z for free)."""
-    return GenerativeAttack(name, generator, Stage(budget.z_iters, budget.z_lr, restarts=budget.z_restarts),
-                            Stage(budget.w_iters, budget.w_lr), latent_name=latent_name, adaptive=adaptive,
-                            paper="Jeon et al., 2021")
+    return GenerativeAttack(
+        name,
+        generator,
+        Stage(budget.z_iters, budget.z_lr, restarts=budget.z_restarts),
+        Stage(budget.w_iters, budget.w_lr),
+        latent_name=latent_name,
+        adaptive=adaptive,
+        paper="Jeon et al., 2021",
+    )
 
 
 def floors(generator: str | None = "dcgan", *, mean_image: bool = False) -> list[Floor]:
     """The no-gradient floors: label only, a sample of ``generator`` (if any), and optionally the mean image."""
     out = [Floor("label only", "label only")]
     if generator is not None:
-        out.append(Floor("prior sample" if generator == "dcgan" else f"prior sample ({generator})", "prior sample",
-                         generator))
+        out.append(
+            Floor("prior sample" if generator == "dcgan" else f"prior sample ({generator})", "prior sample", generator)
+        )
     if mean_image:
         out.append(Floor("mean image", "mean image"))
     return out
 
 
-def battery(budget: str | Budget, *, generator: str = "dcgan", methods: Sequence[str] = ("GI-x", "GI-z", "GIAS"),
-            with_floors: bool = True) -> list:
+def battery(
+    budget: str | Budget,
+    *,
+    generator: str = "dcgan",
+    methods: Sequence[str] = ("GI-x", "GI-z", "GIAS"),
+    with_floors: bool = True,
+) -> list:
     """The recipes of a chapter: ``methods`` (GI-x, GI-z, GI-w, GIAS, DLG) with its budget, then the floors."""
     b = budget_for(budget)
     recipes: list = []
@@ -279,8 +383,13 @@ def battery(budget: str | Budget, *, generator: str = "dcgan", methods: Sequence
     return recipes
 
 
-def score(images: torch.Tensor, truth: torch.Tensor, truth_labels: torch.Tensor, yardstick: Yardstick | None,
-          lpips: metrics.LPIPSMetric | None = None) -> tuple[dict, torch.Tensor]:
+def score(
+    images: torch.Tensor,
+    truth: torch.Tensor,
+    truth_labels: torch.Tensor,
+    yardstick: Yardstick | None,
+    lpips: metrics.LPIPSMetric | None = None,
+) -> tuple[dict, torch.Tensor]:
     """A batch's scores after matching: mean PSNR (capped at 40 dB), SSIM, LPIPS (if computed), the
     identification rate by the yardstick's score and its chance level, the rates by SSIM and by PSNR
     (``identified_ssim``, ``identified_psnr``); and the matched images."""
@@ -292,8 +401,12 @@ def score(images: torch.Tensor, truth: torch.Tensor, truth_labels: torch.Tensor,
         row["lpips"] = summary["lpips"]
     if yardstick is not None:
         found = {s: yardstick.identify(matched, truth, truth_labels, score=s) for s in ("ssim", "psnr")}
-        row.update(identified=found[yardstick.score].rate, chance=found[yardstick.score].chance,
-                   identified_ssim=found["ssim"].rate, identified_psnr=found["psnr"].rate)
+        row.update(
+            identified=found[yardstick.score].rate,
+            chance=found[yardstick.score].chance,
+            identified_ssim=found["ssim"].rate,
+            identified_psnr=found["psnr"].rate,
+        )
     return row, matched
 
 
@@ -332,8 +445,9 @@ def run_battery(
     truth = truth.detach().cpu()
     shown = {}
     for recipe in recipes:
-        for name, outcome in recipe.run(update, model, image_shape=image_shape, generators=generators,
-                                        yardstick=yardstick, seed=seed).items():
+        for name, outcome in recipe.run(
+            update, model, image_shape=image_shape, generators=generators, yardstick=yardstick, seed=seed
+        ).items():
             row, matched = score(outcome.images, truth, truth_labels, yardstick, lpips)
             shown[name] = matched
             if tally is not None:

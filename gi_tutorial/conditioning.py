@@ -43,15 +43,17 @@ equations, not their number, decides; this module measures it for whole networks
 The benchmark ``benchmarks/conditioning.py`` measures victims S, A and B at batch sizes 1, 4
 and 8 and ships the result; :func:`load_shipped` reads it.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import os
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
@@ -103,7 +105,9 @@ def couples_batch(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
 
 
-def gradient_function(model: nn.Module, labels: torch.Tensor, dtype: torch.dtype = torch.float64) -> Callable[[torch.Tensor], torch.Tensor]:
+def gradient_function(
+    model: nn.Module, labels: torch.Tensor, dtype: torch.dtype = torch.float64
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> g(x)``: the flattened gradient of the mean cross-entropy, as the client computes it, in ``dtype``.
 
     The model runs in the mode it is in (a copy, so its BatchNorm statistics are not touched);
@@ -115,7 +119,7 @@ def gradient_function(model: nn.Module, labels: torch.Tensor, dtype: torch.dtype
     local = _functional_copy(model, dtype, device)
     trainable = {name: p.detach() for name, p in local.named_parameters() if p.requires_grad}
     frozen = {name: p.detach() for name, p in local.named_parameters() if not p.requires_grad}
-    buffers = {name: b for name, b in local.named_buffers()}
+    buffers = dict(local.named_buffers())
 
     def loss(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(functional_call(local, {**params, **frozen, **buffers}, (x,)), labels)
@@ -141,26 +145,28 @@ def _columns(g: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, start: 
     return vmap(lambda t: jvp(g, (x,), (t.reshape(x.shape),))[1])(tangents)
 
 
-def _jacobian_rows_t(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, chunk: int,
-                     per_image: bool) -> Iterator[tuple[int, torch.Tensor]]:
+def _jacobian_rows_t(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, chunk: int, per_image: bool
+) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(column offset, J^T rows)`` blocks of the batch's Jacobian (per-image Jacobians, unscaled, if ``per_image``)."""
     # a copy, never a view: forward-mode AD on a view makes a tangent for the view's whole base
     # (a batch sliced from the test set would cost a test set's worth of zeros per column)
     x = images.detach().to(dtype=dtype, copy=True)
     if per_image:
         for b in range(len(x)):
-            g = gradient_function(model, labels[b:b + 1], dtype)
-            d = x[b:b + 1].numel()
+            g = gradient_function(model, labels[b : b + 1], dtype)
+            d = x[b : b + 1].numel()
             for j in range(0, d, chunk):
-                yield b * d + j, _columns(g, x[b:b + 1], j, min(j + chunk, d))
+                yield b * d + j, _columns(g, x[b : b + 1], j, min(j + chunk, d))
     else:
         g = gradient_function(model, labels, dtype)
         for j in range(0, x.numel(), chunk):
             yield j, _columns(g, x, j, min(j + chunk, x.numel()))
 
 
-def jacobian(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64,
-             chunk: int = 64) -> torch.Tensor:
+def jacobian(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64, chunk: int = 64
+) -> torch.Tensor:
     """The dense Jacobian ``dg/dx`` of the shared gradient w.r.t. the batch, ``(P, B*C*H*W)``, by forward mode.
 
     ``P`` is the number of gradient entries (trainable parameters). For small cases only:
@@ -198,26 +204,39 @@ def _gram_of_rows(jt: np.ndarray, d: int, row_block: int) -> torch.Tensor:
     n, num_entries = jt.shape
     gram_matrix = torch.zeros(n, n, dtype=torch.float64)
     for r in range(0, num_entries, row_block):
-        rows = torch.from_numpy(np.ascontiguousarray(jt[:, r:r + row_block], dtype=np.float64))  # (n, R)
+        rows = torch.from_numpy(np.ascontiguousarray(jt[:, r : r + row_block], dtype=np.float64))  # (n, R)
         for b in range(0, n, d):
             for c in range(b, n, d):
-                gram_matrix[b:b + d, c:c + d] += rows[b:b + d] @ rows[c:c + d].T
+                gram_matrix[b : b + d, c : c + d] += rows[b : b + d] @ rows[c : c + d].T
     for b in range(0, n, d):  # mirror the upper blocks
-        gram_matrix[b:b + d, b:b + d] = torch.triu(gram_matrix[b:b + d, b:b + d]) + torch.triu(gram_matrix[b:b + d, b:b + d], 1).T
+        gram_matrix[b : b + d, b : b + d] = (
+            torch.triu(gram_matrix[b : b + d, b : b + d]) + torch.triu(gram_matrix[b : b + d, b : b + d], 1).T
+        )
         for c in range(b + d, n, d):
-            gram_matrix[c:c + d, b:b + d] = gram_matrix[b:b + d, c:c + d].T
+            gram_matrix[c : c + d, b : b + d] = gram_matrix[b : b + d, c : c + d].T
     return gram_matrix
 
 
-def _gram_from_blocks(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype, chunk: int,
-                      memory_limit: int, scratch: str | os.PathLike | None, row_block: int, per_image: bool) -> torch.Tensor:
+def _gram_from_blocks(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dtype: torch.dtype,
+    chunk: int,
+    memory_limit: int,
+    scratch: str | os.PathLike | None,
+    row_block: int,
+    per_image: bool,
+) -> torch.Tensor:
     """``J^T J`` (or the per-image ``K``), from Jacobian columns computed in ``dtype`` and multiplied in float64."""
     n = images.numel()
     num_entries = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    jt, path = _scratch_array((n, num_entries), _numpy_dtype(dtype), memory_limit, None if scratch is None else str(scratch))
+    jt, path = _scratch_array(
+        (n, num_entries), _numpy_dtype(dtype), memory_limit, None if scratch is None else str(scratch)
+    )
     try:
         for offset, block in _jacobian_rows_t(model, images, labels, dtype, chunk, per_image):
-            jt[offset:offset + len(block)] = block.cpu().numpy()
+            jt[offset : offset + len(block)] = block.cpu().numpy()
         return _gram_of_rows(jt, images[0].numel() if per_image else n, row_block)
     finally:
         if path is not None:
@@ -225,9 +244,16 @@ def _gram_from_blocks(model: nn.Module, images: torch.Tensor, labels: torch.Tens
             os.unlink(path)
 
 
-def image_gram(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64,
-               chunk: int = 32, memory_limit: int = 2 << 30, scratch: str | os.PathLike | None = None,
-               row_block: int = 8192) -> torch.Tensor:
+def image_gram(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    chunk: int = 32,
+    memory_limit: int = 2 << 30,
+    scratch: str | os.PathLike | None = None,
+    row_block: int = 8192,
+) -> torch.Tensor:
     """The Gram matrix of the per-image Jacobians, ``K[b, c] = J_b^T J_c`` (blocks of ``C*H*W``), in float64.
 
     ``J_b`` is the Jacobian of image ``b``'s *own* gradient (its loss alone) w.r.t. its pixels.
@@ -252,13 +278,22 @@ def image_gram(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dty
     """
     _checked(model, images, labels)
     if couples_batch(model):
-        raise ValueError("the model couples the images of a batch (BatchNorm in train mode): per-image Jacobians "
-                         "do not add up to the batch's; use gram(...) instead")
+        raise ValueError(
+            "the model couples the images of a batch (BatchNorm in train mode): per-image Jacobians "
+            "do not add up to the batch's; use gram(...) instead"
+        )
     return _gram_from_blocks(model, images, labels, dtype, chunk, memory_limit, scratch, row_block, per_image=True)
 
 
-def gram(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, dtype: torch.dtype = torch.float64,
-         chunk: int = 32, memory_limit: int = 2 << 30, scratch: str | os.PathLike | None = None) -> torch.Tensor:
+def gram(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    chunk: int = 32,
+    memory_limit: int = 2 << 30,
+    scratch: str | os.PathLike | None = None,
+) -> torch.Tensor:
     """``J^T J`` for the shared gradient of the batch, ``(B*C*H*W, B*C*H*W)`` in float64.
 
     Through per-image Jacobians when the model treats each image on its own, else through
@@ -372,22 +407,29 @@ class Spectrum:
         rel = self.relative()
         index = np.unique(np.linspace(0, self.unknowns - 1, num_quantiles).round().astype(int))
         return {
-            "unknowns": self.unknowns, "equations": self.equations, "entries": self.entries,
+            "unknowns": self.unknowns,
+            "equations": self.equations,
+            "entries": self.entries,
             "ratio": self.unknowns / self.equations,
-            "numerical_rank": self.numerical_rank, "rank_deficit": self.rank_deficit,
-            "effective_rank": self.effective_rank, "largest": self.largest,
-            "gradient_norm": self.gradient_norm, "image_norm": self.image_norm,
+            "numerical_rank": self.numerical_rank,
+            "rank_deficit": self.rank_deficit,
+            "effective_rank": self.effective_rank,
+            "largest": self.largest,
+            "gradient_norm": self.gradient_norm,
+            "image_norm": self.image_norm,
             "condition_number": self.condition_number,
             "relative_condition_number": self.relative_condition_number,
             "smallest": self.smallest(num_smallest).tolist(),
             "smallest_relative": (self.smallest(num_smallest) / self.largest).tolist(),
             "below": {f"{t:g}": self.below(t) for t in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6)},
-            "spectrum_index": index.tolist(), "spectrum_relative": rel[index].tolist(),
+            "spectrum_index": index.tolist(),
+            "spectrum_relative": rel[index].tolist(),
         }
 
 
-def spectrum_from_gram(gram_matrix: torch.Tensor, equations: int, entries: int, gradient_norm: float,
-                       image_norm: float) -> Spectrum:
+def spectrum_from_gram(
+    gram_matrix: torch.Tensor, equations: int, entries: int, gradient_norm: float, image_norm: float
+) -> Spectrum:
     """A :class:`Spectrum` from ``J^T J`` (eigenvalues in float64, clipped at 0, square-rooted, decreasing)."""
     eigenvalues = torch.linalg.eigvalsh(gram_matrix.double()).flip(0).clamp(min=0)
     return Spectrum(eigenvalues.sqrt().numpy(), equations, entries, gradient_norm, image_norm)
@@ -409,12 +451,14 @@ def spectrum(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, **gra
     """
     _checked(model, images, labels)
     c = analytic.count(model, tuple(images.shape[1:]), len(images))
-    return spectrum_from_gram(gram(model, images, labels, **gram_options), c.equations, c.entries,
-                              *_norms(model, images, labels))
+    return spectrum_from_gram(
+        gram(model, images, labels, **gram_options), c.equations, c.entries, *_norms(model, images, labels)
+    )
 
 
-def spectrum_of_first(k_matrix: torch.Tensor, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      k: int) -> Spectrum:
+def spectrum_of_first(
+    k_matrix: torch.Tensor, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int
+) -> Spectrum:
     """The spectrum of the shared gradient of the first ``k`` images, from their :func:`image_gram` ``k_matrix``.
 
     Raises:
@@ -422,15 +466,18 @@ def spectrum_of_first(k_matrix: torch.Tensor, model: nn.Module, images: torch.Te
     """
     d = images[0].numel()
     if not 1 <= k <= len(images) or k_matrix.shape[0] < k * d:
-        raise ValueError(f"k must lie in [1, {min(len(images), k_matrix.shape[0] // d)}] for this batch and "
-                         f"Gram matrix, got {k}")
+        raise ValueError(
+            f"k must lie in [1, {min(len(images), k_matrix.shape[0] // d)}] for this batch and Gram matrix, got {k}"
+        )
     c = analytic.count(model, tuple(images.shape[1:]), k)
-    return spectrum_from_gram(k_matrix[:k * d, :k * d] / k ** 2, c.equations, c.entries,
-                              *_norms(model, images[:k], labels[:k]))
+    return spectrum_from_gram(
+        k_matrix[: k * d, : k * d] / k**2, c.equations, c.entries, *_norms(model, images[:k], labels[:k])
+    )
 
 
-def nested_spectra(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_sizes: Sequence[int],
-                   **gram_options) -> dict[int, Spectrum]:
+def nested_spectra(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_sizes: Sequence[int], **gram_options
+) -> dict[int, Spectrum]:
     """Spectra of the first ``k`` images of the batch, for each ``k`` in ``batch_sizes``, from one :func:`image_gram`.
 
     The cheap way to measure several batch sizes: the Jacobians of ``max(batch_sizes)`` images
@@ -464,16 +511,19 @@ def float32_error(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
     exact = _jacobian_rows_t(model, images, labels, torch.float64, chunk, per_image=False)
     rounded = _jacobian_rows_t(model, images, labels, torch.float32, chunk, per_image=False)
     num_entries = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    difference = np.empty((images.numel(), num_entries), dtype=np.float32)  # (J32 - J64)^T; float32 keeps 7 digits of it
+    difference = np.empty(
+        (images.numel(), num_entries), dtype=np.float32
+    )  # (J32 - J64)^T; float32 keeps 7 digits of it
     for (offset, e), (_, r) in zip(exact, rounded):
-        difference[offset:offset + len(e)] = (r.double() - e).cpu().numpy()
+        difference[offset : offset + len(e)] = (r.double() - e).cpu().numpy()
     error = _gram_of_rows(difference, images.numel(), 8192)
     error_norm = float(torch.linalg.eigvalsh(error)[-1].clamp(min=0).sqrt())
     return error_norm / float(largest_singular_values(model, images, labels, k=1)[0])
 
 
-def largest_singular_values(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int = 6,
-                            tol: float = 0.0, seed: int = 0) -> np.ndarray:
+def largest_singular_values(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, k: int = 6, tol: float = 0.0, seed: int = 0
+) -> np.ndarray:
     """The ``k`` largest singular values of ``dg/dx`` by Lanczos, without forming the Jacobian.
 
     ``scipy.sparse.linalg.svds`` (ARPACK) on a ``LinearOperator`` whose products are ``jvp``
@@ -510,8 +560,15 @@ def largest_singular_values(model: nn.Module, images: torch.Tensor, labels: torc
         return vjp_fn(c)[0].reshape(-1).cpu().numpy()
 
     operator = LinearOperator((num_entries, n), matvec=matvec, rmatvec=rmatvec, dtype=np.float64)
-    values = svds(operator, k=k, which="LM", tol=tol, v0=np.random.default_rng(seed).standard_normal(n),
-                  return_singular_vectors=False, solver="arpack")
+    values = svds(
+        operator,
+        k=k,
+        which="LM",
+        tol=tol,
+        v0=np.random.default_rng(seed).standard_normal(n),
+        return_singular_vectors=False,
+        solver="arpack",
+    )
     return np.sort(values)[::-1]
 
 

@@ -3,6 +3,7 @@
 Quick mode (``GI_TUTORIAL_QUICK=1``, set by the tests) shrinks iteration budgets and
 sweeps so that every chapter runs in seconds, while still running every code path.
 """
+
 from __future__ import annotations
 
 import os

@@ -29,6 +29,7 @@ that names every source tried when none has the data. The library never installs
 packages: ``make data`` first runs ``tools/debian_data.py``, which installs Debian's
 ``dataset-fashion-mnist`` with ``apt-get`` where it can (as root) and the data is missing.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -52,10 +53,19 @@ DEBIAN_DIR_ENV = "GI_TUTORIAL_DEBIAN_DIR"  # overrides DEBIAN_FASHION_MNIST (e.g
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
 
 CLASS_NAMES = {
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"),
-    "fashion_mnist": ("T-shirt/top", "trouser", "pullover", "dress", "coat",
-                      "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    "fashion_mnist": (
+        "T-shirt/top",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle boot",
+    ),
     "mnist": tuple(str(d) for d in range(10)),
 }
 _FOOLBOX_PREFIX = {"cifar10": "cifar10", "fashion_mnist": "fashionMNIST", "mnist": "mnist"}
@@ -115,11 +125,14 @@ def load_dataset(
         (f"torchvision files under {root}", lambda: _from_torchvision(name, split, root, download=False)),
     ]
     if name == "fashion_mnist":
-        sources.append((f"Debian dataset-fashion-mnist in {debian_fashion_mnist_dir()}",
-                        lambda: _from_debian_fashion_mnist(split)))
+        sources.append(
+            (f"Debian dataset-fashion-mnist in {debian_fashion_mnist_dir()}", lambda: _from_debian_fashion_mnist(split))
+        )
     sources.append(("the 20 test images in the foolbox==3.3.4 wheel", lambda: _from_foolbox(name, split, n)))
     if allow_download:
-        sources.append((f"torchvision download into {root}", lambda: _from_torchvision(name, split, root, download=True)))
+        sources.append(
+            (f"torchvision download into {root}", lambda: _from_torchvision(name, split, root, download=True))
+        )
 
     tried = []
     for description, load in sources:
@@ -197,7 +210,7 @@ def _read_idx_gz(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
@@ -276,11 +289,16 @@ def ensure(spec: str, root: str | os.PathLike | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m gi_tutorial.data",
-                                     description="Make sure datasets can be loaded, downloading them if the machine allows.")
-    parser.add_argument("--ensure", nargs="+", required=True, metavar="NAME:SPLIT[:N]",
-                        help="e.g. fashion_mnist:train cifar10:test:20")
-    parser.add_argument("--root", default=None, help="data root (default: $GI_TUTORIAL_DATA or ~/.cache/gi_tutorial/data)")
+    parser = argparse.ArgumentParser(
+        prog="python -m gi_tutorial.data",
+        description="Make sure datasets can be loaded, downloading them if the machine allows.",
+    )
+    parser.add_argument(
+        "--ensure", nargs="+", required=True, metavar="NAME:SPLIT[:N]", help="e.g. fashion_mnist:train cifar10:test:20"
+    )
+    parser.add_argument(
+        "--root", default=None, help="data root (default: $GI_TUTORIAL_DATA or ~/.cache/gi_tutorial/data)"
+    )
     args = parser.parse_args(argv)
     failed = False
     for spec in args.ensure:

@@ -11,11 +11,13 @@ the labels, the BatchNorm batch statistics (Yin et al., 2021). A defense is any 
 that maps a SharedUpdate to a SharedUpdate (see :mod:`gi_tutorial.defenses`); it records
 what it did in ``SharedUpdate.defense``, as a protocol would publish it.
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -32,8 +34,11 @@ class DefenseRecord:
     masks: tuple[torch.Tensor, ...] | None = None  # per gradient tensor, True where the entry was kept
 
     def __str__(self) -> str:
-        settings = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
-                             for k, v in self.settings.items() if v is not None)
+        settings = ", ".join(
+            f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+            for k, v in self.settings.items()
+            if v is not None
+        )
         return f"{self.name} ({settings})" if settings else self.name
 
 
@@ -84,13 +89,14 @@ class SharedUpdate:
                     "diverged or the update was corrupted, and no attack or average can use it"
                 )
 
-    def replace(self, **changes) -> "SharedUpdate":
+    def replace(self, **changes) -> SharedUpdate:
         """A copy with some fields changed (defenses use this); it shares no tensor with ``self``."""
         copied = {
             "gradients": tuple(g.detach().clone() for g in self.gradients),
             "labels": None if self.labels is None else self.labels.detach().clone(),
-            "bn_statistics": None if self.bn_statistics is None else tuple(
-                (m.detach().clone(), v.detach().clone()) for m, v in self.bn_statistics),
+            "bn_statistics": None
+            if self.bn_statistics is None
+            else tuple((m.detach().clone(), v.detach().clone()) for m, v in self.bn_statistics),
         }
         copied.update(changes)
         return replace(self, **copied)
@@ -138,17 +144,23 @@ def checked_logits(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
     """
     channels = _expected_channels(model)
     if channels is not None and images.shape[1] != channels:
-        raise ValueError(f"the model's first convolution expects {channels}-channel images, "
-                         f"got a batch of shape {tuple(images.shape)}")
+        raise ValueError(
+            f"the model's first convolution expects {channels}-channel images, "
+            f"got a batch of shape {tuple(images.shape)}"
+        )
     try:
         logits = model(images)
     except RuntimeError as error:
-        raise ValueError(f"the model cannot take a batch of shape {tuple(images.shape)} "
-                         f"(expected (B, {channels or 'C'}, H, W) of the size it was built for): {error}") from error
+        raise ValueError(
+            f"the model cannot take a batch of shape {tuple(images.shape)} "
+            f"(expected (B, {channels or 'C'}, H, W) of the size it was built for): {error}"
+        ) from error
     num_classes = logits.shape[-1]
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}) for this model's {num_classes} outputs, "
-                         f"got values from {int(labels.min())} to {int(labels.max())}")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for this model's {num_classes} outputs, "
+            f"got values from {int(labels.min())} to {int(labels.max())}"
+        )
     return logits
 
 
@@ -175,12 +187,15 @@ def batch_gradients(
     bn_statistics: list[tuple[torch.Tensor, torch.Tensor]] = []
     handles = []
     if record_bn:
+
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             x = inputs[0]
             dims = [0] + list(range(2, x.ndim))
             bn_statistics.append((x.mean(dims), x.var(dims, unbiased=False)))
 
-        handles = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        handles = [
+            m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
     try:
         logits = checked_logits(model, images, labels) if check else model(images)
         loss = F.cross_entropy(logits, labels)
@@ -261,12 +276,16 @@ def average_gradients(updates: Sequence[SharedUpdate]) -> tuple[torch.Tensor, ..
     for k, u in enumerate(updates[1:], start=1):
         shapes = [g.shape for g in u.gradients]
         if len(shapes) != len(reference):
-            raise ValueError(f"update {k} holds {len(shapes)} gradient tensors but update 0 holds {len(reference)}: "
-                             "the updates come from different models")
+            raise ValueError(
+                f"update {k} holds {len(shapes)} gradient tensors but update 0 holds {len(reference)}: "
+                "the updates come from different models"
+            )
         for i, (a, b) in enumerate(zip(shapes, reference)):
             if a != b:
-                raise ValueError(f"gradient {i} of update {k} has shape {tuple(a)} but update 0's has shape "
-                                 f"{tuple(b)}: the updates come from different models")
+                raise ValueError(
+                    f"gradient {i} of update {k} has shape {tuple(a)} but update 0's has shape "
+                    f"{tuple(b)}: the updates come from different models"
+                )
     for k, u in enumerate(updates):
         if not all(torch.isfinite(g).all() for g in u.gradients):
             raise ValueError(f"update {k} holds NaN or inf gradients: it cannot be averaged")
@@ -309,12 +328,16 @@ def fl_rounds(
         ValueError: bad sizes, or images and labels that do not match.
     """
     if num_rounds < 1 or clients_per_round < 1 or batch_size < 1 or (fedsgd_every is not None and fedsgd_every < 1):
-        raise ValueError("num_rounds, clients_per_round, batch_size and fedsgd_every must be at least 1 "
-                         f"(fedsgd_every=None: a frozen victim), got {num_rounds}, {clients_per_round}, "
-                         f"{batch_size}, {fedsgd_every}")
+        raise ValueError(
+            "num_rounds, clients_per_round, batch_size and fedsgd_every must be at least 1 "
+            f"(fedsgd_every=None: a frozen victim), got {num_rounds}, {clients_per_round}, "
+            f"{batch_size}, {fedsgd_every}"
+        )
     if len(images) != len(labels) or len(images) < batch_size:
-        raise ValueError(f"need at least batch_size={batch_size} images with one label each, "
-                         f"got {len(images)} images and {len(labels)} labels")
+        raise ValueError(
+            f"need at least batch_size={batch_size} images with one label each, "
+            f"got {len(images)} images and {len(labels)} labels"
+        )
     model = copy.deepcopy(model)
     rng = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -323,8 +346,9 @@ def fl_rounds(
         updates = []
         for _ in range(clients_per_round):
             pick = torch.randperm(len(images), generator=rng)[:batch_size]
-            updates.append(client_update(model, images[pick].to(device), labels[pick].to(device),
-                                         share_labels=share_labels))
+            updates.append(
+                client_update(model, images[pick].to(device), labels[pick].to(device), share_labels=share_labels)
+            )
         yield FLRound(index, copy.deepcopy(model), tuple(updates))
         pending += updates
         if fedsgd_every is not None and (index + 1) % fedsgd_every == 0:

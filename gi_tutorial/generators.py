@@ -13,6 +13,7 @@ recorded beside it, in ``checkpoints/<name>.json``)::
 
 and loaded with ``torch.load(..., weights_only=True)`` after its hash is checked.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,17 @@ class Generator(nn.Module):
         # (gi_tutorial.threats, gi_tutorial.spaces.generator_requires)
         self.trained_on = "nothing"
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(z_dim, 4 * width, 4, 1, 0, bias=False), nn.BatchNorm2d(4 * width), nn.ReLU(True),  # 4x4
-            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(True),  # 8x8
-            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True),  # 16x16
-            nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh(),  # 32x32 in [-1, 1]
+            nn.ConvTranspose2d(z_dim, 4 * width, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(True),  # 4x4
+            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.ReLU(True),  # 8x8
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),  # 16x16
+            nn.ConvTranspose2d(width, channels, 4, 2, 1),
+            nn.Tanh(),  # 32x32 in [-1, 1]
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -59,9 +67,14 @@ class Discriminator(nn.Module):
     def __init__(self, channels: int = 1, width: int = 48):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True),  # 16x16
-            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2, True),
-            nn.Conv2d(2 * width, 4 * width, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * width), nn.LeakyReLU(0.2, True),
+            nn.Conv2d(channels, width, 4, 2, 1),
+            nn.LeakyReLU(0.2, True),  # 16x16
+            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.LeakyReLU(0.2, True),
             nn.Conv2d(4 * width, 1, 4, 1, 0),  # 1x1
         )
 
@@ -93,8 +106,9 @@ def untrained_generator(seed: int = 0, channels: int = 1) -> Generator:
     return generator.eval()
 
 
-def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int = 0, lr: float = 2e-4,
-              log_every: int = 0) -> Generator:
+def train_gan(
+    images: torch.Tensor, steps: int, batch_size: int = 64, seed: int = 0, lr: float = 2e-4, log_every: int = 0
+) -> Generator:
     """Train a DCGAN on ``images`` ``(N, C, 32, 32)`` in [0, 1] for ``steps`` iterations; return the generator (eval mode).
 
     Training runs on the images' device (move them to a GPU to train there).
@@ -119,8 +133,9 @@ def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int 
     for step in range(steps):
         real = images[torch.randint(len(images), (batch_size,), generator=rng).to(device)]
         fake = generator(torch.randn(batch_size, generator.z_dim, generator=rng).to(device))
-        loss_d = (F.binary_cross_entropy_with_logits(discriminator(real), ones)
-                  + F.binary_cross_entropy_with_logits(discriminator(fake.detach()), zeros))
+        loss_d = F.binary_cross_entropy_with_logits(discriminator(real), ones) + F.binary_cross_entropy_with_logits(
+            discriminator(fake.detach()), zeros
+        )
         opt_d.zero_grad()
         loss_d.backward()
         opt_d.step()
@@ -129,8 +144,11 @@ def train_gan(images: torch.Tensor, steps: int, batch_size: int = 64, seed: int 
         loss_g.backward()
         opt_g.step()
         if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"step {step:5d}  loss D {loss_d.item():.3f}  loss G {loss_g.item():.3f}  "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"step {step:5d}  loss D {loss_d.item():.3f}  loss G {loss_g.item():.3f}  "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
     generator.trained_on = "data"
     return generator.eval()
 
@@ -143,12 +161,21 @@ def save_checkpoint(generator: Generator, path: str | Path, half: bool = False, 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()
-             for k, v in generator.state_dict().items()}
+    state = {
+        k: v.detach().cpu().half() if half and v.is_floating_point() else v.detach().cpu()
+        for k, v in generator.state_dict().items()
+    }
     torch.save(state, path)
-    record = {"file": path.name, "sha256": sha256_of(path), "z_dim": generator.z_dim,
-              "channels": generator.channels, "width": generator.width, "dtype": "float16" if half else "float32",
-              "trained_on": generator.trained_on, **record}
+    record = {
+        "file": path.name,
+        "sha256": sha256_of(path),
+        "z_dim": generator.z_dim,
+        "channels": generator.channels,
+        "width": generator.width,
+        "dtype": "float16" if half else "float32",
+        "trained_on": generator.trained_on,
+        **record,
+    }
     path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -166,15 +193,19 @@ def load_generator(path: str | Path = DEFAULT_CHECKPOINT, verify_hash: bool = Tr
     path = Path(path)
     record_path = path.with_suffix(".json")
     if not path.exists() or not record_path.exists():
-        raise FileNotFoundError(f"no generator checkpoint at {path} (with its record {record_path.name}); "
-                                "train one with `python -m gi_tutorial.generators --out PATH`")
+        raise FileNotFoundError(
+            f"no generator checkpoint at {path} (with its record {record_path.name}); "
+            "train one with `python -m gi_tutorial.generators --out PATH`"
+        )
     record = json.loads(record_path.read_text())
     if verify_hash:
         actual = sha256_of(path)
         if actual != record["sha256"]:
-            raise ValueError(f"{path} has sha256 {actual[:16]}..., but its record says {record['sha256'][:16]}...: "
-                             "the checkpoint is corrupt or was replaced; re-train it with the command in "
-                             f"{record_path.name} or restore the file")
+            raise ValueError(
+                f"{path} has sha256 {actual[:16]}..., but its record says {record['sha256'][:16]}...: "
+                "the checkpoint is corrupt or was replaced; re-train it with the command in "
+                f"{record_path.name} or restore the file"
+            )
     generator = Generator(record["z_dim"], record["channels"], record["width"])
     generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # float16 is cast to float32
     generator.trained_on = record.get("trained_on", "data")
@@ -196,11 +227,17 @@ def main(argv: list[str]) -> int:
     generator = train_gan(images, args.steps, args.batch_size, args.seed, log_every=250)
     seconds = time.perf_counter() - start
     record = save_checkpoint(
-        generator, args.out, data=f"Fashion-MNIST train split, {len(images)} images, zero-padded to 32x32",
-        seed=args.seed, steps=args.steps, batch_size=args.batch_size, seconds=round(seconds, 1),
+        generator,
+        args.out,
+        data=f"Fashion-MNIST train split, {len(images)} images, zero-padded to 32x32",
+        seed=args.seed,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seconds=round(seconds, 1),
         torch=torch.__version__,
         command=f"python -m gi_tutorial.generators --steps {args.steps} --seed {args.seed} "
-                f"--batch-size {args.batch_size} --out {args.out}")
+        f"--batch-size {args.batch_size} --out {args.out}",
+    )
     print(json.dumps(record, indent=2))
     return 0
 

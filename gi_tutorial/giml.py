@@ -28,6 +28,7 @@ The shipped snapshots (``checkpoints/fashion_mnist_giml_rNNNN.pt``) are produced
 ``python -m gi_tutorial.giml`` (``make giml``); each has a record beside it (seed, data,
 settings, seconds, sha256).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,18 +37,19 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from . import attacks, stats
 from .analytic import recover_labels
 from .fl import FLRound, SharedUpdate, fl_rounds
 from .generators import CHECKPOINTS, Generator, load_generator, save_checkpoint, untrained_generator
-from . import attacks, stats
 from .invert import DivergedError, GIASResult, Stage, gias, show_progress
 from .spaces import generator_from_state
 from .threats import threat_model_for
@@ -81,8 +83,13 @@ def task_labels(update: SharedUpdate, model: nn.Module) -> torch.Tensor | None:
     return recover_labels(update, model)
 
 
-def inner_round(update: SharedUpdate, model: nn.Module, generator: nn.Module, settings: InnerSettings = InnerSettings(),
-                seed: int = 0) -> tuple[nn.Module, GIASResult | None]:
+def inner_round(
+    update: SharedUpdate,
+    model: nn.Module,
+    generator: nn.Module,
+    settings: InnerSettings = InnerSettings(),
+    seed: int = 0,
+) -> tuple[nn.Module, GIASResult | None]:
     """Invert one update with the current generator; return the adapted generator ``w'`` and the run.
 
     This is GIAS (:func:`~gi_tutorial.invert.gias`) with one copy of the weights shared by
@@ -91,12 +98,20 @@ def inner_round(update: SharedUpdate, model: nn.Module, generator: nn.Module, se
     moves nothing); the run is None when the latent search diverged.
     """
     try:
-        run = gias(update, model, generator,
-                   latent=Stage(settings.latent_iters, settings.latent_lr, restarts=settings.restarts,
-                                distance=settings.distance),
-                   weights=Stage(settings.weight_iters, settings.weight_lr, distance=settings.distance),
-                   shared=True, labels=task_labels(update, model), threat_model=threat_model_for(generator),
-                   seed=seed, progress=False)
+        run = gias(
+            update,
+            model,
+            generator,
+            latent=Stage(
+                settings.latent_iters, settings.latent_lr, restarts=settings.restarts, distance=settings.distance
+            ),
+            weights=Stage(settings.weight_iters, settings.weight_lr, distance=settings.distance),
+            shared=True,
+            labels=task_labels(update, model),
+            threat_model=threat_model_for(generator),
+            seed=seed,
+            progress=False,
+        )
     except DivergedError:
         return copy.deepcopy(generator), None
     trial = run.weights.trials[run.weights.best]
@@ -104,8 +119,9 @@ def inner_round(update: SharedUpdate, model: nn.Module, generator: nn.Module, se
     return adapted, run
 
 
-def reptile_step(generator: nn.Module, adapted: Sequence[nn.Module], step_size: float,
-                 optimizer: torch.optim.Optimizer | None = None) -> None:
+def reptile_step(
+    generator: nn.Module, adapted: Sequence[nn.Module], step_size: float, optimizer: torch.optim.Optimizer | None = None
+) -> None:
     """The outer update, in place: ``w <- w + step_size * mean_i(w'_i - w)``.
 
     With an ``optimizer`` over ``generator.parameters()`` (the authors' variant), the
@@ -121,8 +137,7 @@ def reptile_step(generator: nn.Module, adapted: Sequence[nn.Module], step_size: 
         raise ValueError(f"step_size must be in (0, 1], got {step_size}")
     with torch.no_grad():
         params = list(generator.parameters())
-        means = [torch.stack([p_i for p_i in ps]).mean(0)
-                 for ps in zip(*(list(a.parameters()) for a in adapted))]
+        means = [torch.stack(list(ps)).mean(0) for ps in zip(*(list(a.parameters()) for a in adapted))]
         if optimizer is None:
             for p, mean in zip(params, means):
                 p.add_(step_size * (mean - p))
@@ -209,8 +224,10 @@ def meta_train(
     for step in tqdm(range(num_steps), disable=not progress, desc="GIML", leave=False):
         batch = [task for _, task in zip(range(meta_batch), tasks)]
         if len(batch) < meta_batch:
-            raise ValueError(f"the stream ran out after {step} meta-steps: a meta-batch of {meta_batch} "
-                             f"needs {meta_batch * num_steps} updates")
+            raise ValueError(
+                f"the stream ran out after {step} meta-steps: a meta-batch of {meta_batch} "
+                f"needs {meta_batch * num_steps} updates"
+            )
         adapted = []
         for k, (model, update) in enumerate(batch):
             update.check_matches(model)
@@ -224,10 +241,18 @@ def meta_train(
         reptile_step(generator, adapted, annealed, optimizer)
         if step + 1 in snapshot_at:
             snapshots[step + 1] = _state_copy(generator)
-    settings = dict(num_steps=num_steps, meta_batch=meta_batch, step_size=step_size, outer=outer, anneal=anneal,
-                    inner=asdict(inner), seed=seed)
-    return GIMLResult(generator, snapshots, latent_distance, adapted_distance, diverged,
-                      time.perf_counter() - start, settings)
+    settings = dict(
+        num_steps=num_steps,
+        meta_batch=meta_batch,
+        step_size=step_size,
+        outer=outer,
+        anneal=anneal,
+        inner=asdict(inner),
+        seed=seed,
+    )
+    return GIMLResult(
+        generator, snapshots, latent_distance, adapted_distance, diverged, time.perf_counter() - start, settings
+    )
 
 
 def _state_copy(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -241,15 +266,17 @@ def snapshot_path(step: int, folder: Path = CHECKPOINTS, prefix: str = SNAPSHOT_
 
 def shipped_steps(folder: Path = CHECKPOINTS, prefix: str = SNAPSHOT_PREFIX) -> list[int]:
     """The meta-steps at which a run's snapshots ship, in order (read from their records)."""
-    return sorted(int(p.stem[len(prefix):]) for p in Path(folder).glob(f"{prefix}*.json")
-                  if p.stem[len(prefix):].isdigit())
+    return sorted(
+        int(p.stem[len(prefix) :]) for p in Path(folder).glob(f"{prefix}*.json") if p.stem[len(prefix) :].isdigit()
+    )
 
 
 def _step_or_last(step: int | None, folder: Path, prefix: str) -> int:
     steps = shipped_steps(folder, prefix)
     if not steps:
-        raise FileNotFoundError(f"no GIML snapshots {prefix}NNNN in {folder}: train them with "
-                                "`python -m gi_tutorial.giml` (make giml)")
+        raise FileNotFoundError(
+            f"no GIML snapshots {prefix}NNNN in {folder}: train them with `python -m gi_tutorial.giml` (make giml)"
+        )
     if step is None:
         return steps[-1]
     if step not in steps:
@@ -299,9 +326,13 @@ def priors(names: Sequence[str] = PRIORS, device: torch.device | str = "cpu") ->
     Raises:
         ValueError: an unknown name.
     """
-    loaders = {"untrained": lambda: untrained_generator(0), "GIML": load_snapshot,
-               "GIML, batch-4 stream": lambda: load_snapshot(prefix=HARDER_PREFIX),
-               "non-meta": lambda: load_generator(NONMETA_CHECKPOINT), "DCGAN": load_generator}
+    loaders = {
+        "untrained": lambda: untrained_generator(0),
+        "GIML": load_snapshot,
+        "GIML, batch-4 stream": lambda: load_snapshot(prefix=HARDER_PREFIX),
+        "non-meta": lambda: load_generator(NONMETA_CHECKPOINT),
+        "DCGAN": load_generator,
+    }
     unknown = [n for n in names if n not in loaders]
     if unknown:
         raise ValueError(f"unknown priors {unknown}; expected some of {', '.join(loaders)}")
@@ -370,15 +401,21 @@ def target_met(tally: stats.Tally, **where) -> tuple[bool, float, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Meta-learn the book's GIML generator from simulated FL updates.")
     parser.add_argument("--steps", type=int, default=600, help="meta-steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the untrained generator, the clients and the tasks")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the untrained generator, the clients and the tasks"
+    )
     parser.add_argument("--victim-seed", type=int, default=1, help="seed of the victim's initialisation")
     parser.add_argument("--step-size", type=float, default=0.3, help="Reptile's outer step size (annealed to 0)")
     parser.add_argument("--outer", choices=("reptile", "adam"), default="reptile")
     parser.add_argument("--batch-size", type=int, default=1, help="images per client update")
     parser.add_argument("--clients-per-round", type=int, default=1)
     parser.add_argument("--meta-batch", type=int, default=1, help="updates per meta-step")
-    parser.add_argument("--labels", choices=("shared", "recovered"), default="shared",
-                        help="clients share their labels, or the server reads them off each update")
+    parser.add_argument(
+        "--labels",
+        choices=("shared", "recovered"),
+        default="shared",
+        help="clients share their labels, or the server reads them off each update",
+    )
     parser.add_argument("--frozen-victim", action="store_true", help="the server never steps: the victim stays as sent")
     parser.add_argument("--snapshots", default="0,25,50,100,200,400,600", help="meta-steps to save ('' for none)")
     parser.add_argument("--prefix", default=SNAPSHOT_PREFIX, help="file name of the snapshots, before the step")
@@ -394,20 +431,40 @@ def main(argv: list[str] | None = None) -> int:
     wanted = {int(s) for s in args.snapshots.split(",") if s.strip()}
     snapshot_at = sorted(wanted | {args.steps}) if wanted else []
     rounds_needed = math.ceil(args.steps * args.meta_batch / args.clients_per_round)
-    stream = fl_rounds(images, labels, victim, rounds_needed, clients_per_round=args.clients_per_round,
-                       batch_size=args.batch_size, share_labels=args.labels == "shared",
-                       fedsgd_every=None if args.frozen_victim else 5, seed=args.seed)
-    result = meta_train(stream, untrained_generator(args.seed), args.steps, meta_batch=args.meta_batch,
-                        step_size=args.step_size, outer=args.outer, snapshot_at=snapshot_at, seed=args.seed,
-                        progress=True)
+    stream = fl_rounds(
+        images,
+        labels,
+        victim,
+        rounds_needed,
+        clients_per_round=args.clients_per_round,
+        batch_size=args.batch_size,
+        share_labels=args.labels == "shared",
+        fedsgd_every=None if args.frozen_victim else 5,
+        seed=args.seed,
+    )
+    result = meta_train(
+        stream,
+        untrained_generator(args.seed),
+        args.steps,
+        meta_batch=args.meta_batch,
+        step_size=args.step_size,
+        outer=args.outer,
+        snapshot_at=snapshot_at,
+        seed=args.seed,
+        progress=True,
+    )
     command = " ".join(["python -m gi_tutorial.giml", *(argv if argv is not None else sys.argv[1:])])
-    victim_text = ("frozen at its initialisation (the server never steps)" if args.frozen_victim else
-                   "trained by FedSGD as the rounds go (lr 0.05, every 5 rounds, on the updates received since the "
-                   "last step)")
-    data_text = (f"updates of FedSGD clients (batch {args.batch_size}, {args.clients_per_round} per round, labels "
-                 f"{'shared' if args.labels == 'shared' else 'not shared: read off each update'}) holding "
-                 f"Fashion-MNIST train images ({len(images)} images, zero-padded to 32x32), drawn with seed "
-                 f"{args.seed}; the victim: convnet_fc, seed {args.victim_seed}, {victim_text}")
+    victim_text = (
+        "frozen at its initialisation (the server never steps)"
+        if args.frozen_victim
+        else "trained by FedSGD as the rounds go (lr 0.05, every 5 rounds, on the updates received since the last step)"
+    )
+    data_text = (
+        f"updates of FedSGD clients (batch {args.batch_size}, {args.clients_per_round} per round, labels "
+        f"{'shared' if args.labels == 'shared' else 'not shared: read off each update'}) holding "
+        f"Fashion-MNIST train images ({len(images)} images, zero-padded to 32x32), drawn with seed "
+        f"{args.seed}; the victim: convnet_fc, seed {args.victim_seed}, {victim_text}"
+    )
     per_task = args.meta_batch
     for step, state in result.snapshots.items():
         snapshot = untrained_generator(args.seed)
@@ -415,19 +472,36 @@ def main(argv: list[str] | None = None) -> int:
         snapshot.trained_on = "gradients"
         done = slice(0, step * per_task)
         record = save_checkpoint(
-            snapshot, snapshot_path(step, Path(args.out_dir), args.prefix), half=True,
-            method="GIML (Reptile), from gradients only", data=data_text, meta_steps=step,
-            start=f"untrained_generator(seed={args.seed})", settings=result.settings,
+            snapshot,
+            snapshot_path(step, Path(args.out_dir), args.prefix),
+            half=True,
+            method="GIML (Reptile), from gradients only",
+            data=data_text,
+            meta_steps=step,
+            start=f"untrained_generator(seed={args.seed})",
+            settings=result.settings,
             latent_distance_mean=_mean(result.latent_distance[done]),
             adapted_distance_mean=_mean(result.adapted_distance[done]),
-            seconds_total=round(result.seconds, 1), torch=torch.__version__, command=command)
+            seconds_total=round(result.seconds, 1),
+            torch=torch.__version__,
+            command=command,
+        )
         print(json.dumps({k: record[k] for k in ("file", "sha256", "meta_steps")}))
     if args.trace:
-        save_results(args.trace, {"latent_distance": _finite(result.latent_distance),
-                                  "adapted_distance": _finite(result.adapted_distance),
-                                  "tasks_per_step": per_task},
-                     command=command, data=data_text, settings=result.settings, seconds=round(result.seconds, 1),
-                     diverged=result.diverged, torch=torch.__version__)
+        save_results(
+            args.trace,
+            {
+                "latent_distance": _finite(result.latent_distance),
+                "adapted_distance": _finite(result.adapted_distance),
+                "tasks_per_step": per_task,
+            },
+            command=command,
+            data=data_text,
+            settings=result.settings,
+            seconds=round(result.seconds, 1),
+            diverged=result.diverged,
+            torch=torch.__version__,
+        )
     print(f"{args.steps} meta-steps in {result.seconds:.0f} s; diverged tasks: {result.diverged}")
     return 0
 

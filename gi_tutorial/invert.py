@@ -13,13 +13,14 @@ Every attack in the book is a call to :func:`reconstruct` with a different searc
 
 The attacker reads only the :class:`~gi_tutorial.fl.SharedUpdate` and the model.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -184,16 +185,20 @@ def reconstruct(
     if not isinstance(optimizer, (Adam, LBFGS)):
         raise ValueError(f"optimizer must be invert.Adam(...) or invert.LBFGS(...), got {optimizer!r}")
     if isinstance(optimizer, LBFGS) and getattr(space, "box", None) is not None:
-        raise ValueError("L-BFGS needs an unconstrained space: clamping the pixels after every step corrupts its "
-                         "curvature pairs (held-out DLG runs then stall at 4-6 dB). Use "
-                         "PixelSpace(shape, box=None) with L-BFGS, or Adam with the box")
+        raise ValueError(
+            "L-BFGS needs an unconstrained space: clamping the pixels after every step corrupts its "
+            "curvature pairs (held-out DLG runs then stall at 4-6 dB). Use "
+            "PixelSpace(shape, box=None) with L-BFGS, or Adam with the box"
+        )
     if num_iters < 1 or restarts < 1:
         raise ValueError(f"num_iters and restarts must be at least 1, got {num_iters} and {restarts}")
     device = next(model.parameters()).device
     if getattr(space, "device", device) is None:  # a space left on "the model's device"
         space.device = device
     if update.batch_size is not None and space.batch_size != update.batch_size:
-        raise ValueError(f"the space reconstructs {space.batch_size} images but the update comes from {update.batch_size}")
+        raise ValueError(
+            f"the space reconstructs {space.batch_size} images but the update comes from {update.batch_size}"
+        )
     available = threats.shared_by(update) | (threat_model.knows if threat_model is not None else threats.Knowledge.NONE)
     threats.check(threats.requirements([space, *priors]), available, threat_model)
     labels = resolve_labels(update, model, labels).to(device)
@@ -209,8 +214,9 @@ def reconstruct(
 
     def loss_fn(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         nonlocal checked
-        grads, bn_statistics = batch_gradients(model, images, labels, create_graph=True, record_bn=record_bn,
-                                               check=not checked)
+        grads, bn_statistics = batch_gradients(
+            model, images, labels, create_graph=True, record_bn=record_bn, check=not checked
+        )
         checked = True
         grad_loss = gradient_distance(grads, target, distance, layer_weights)
         total = grad_loss
@@ -227,8 +233,17 @@ def reconstruct(
     bar = tqdm(total=restarts * num_iters, disable=not progress, desc="reconstruct", leave=False)
     try:
         for trial_index in range(restarts):
-            trials.append(_run_trial(space, loss_fn, optimizer, num_iters, history_every,
-                                     torch.Generator().manual_seed(seed + trial_index), bar))
+            trials.append(
+                _run_trial(
+                    space,
+                    loss_fn,
+                    optimizer,
+                    num_iters,
+                    history_every,
+                    torch.Generator().manual_seed(seed + trial_index),
+                    bar,
+                )
+            )
     finally:
         bar.close()
         with torch.no_grad():
@@ -236,18 +251,27 @@ def reconstruct(
                 buffer.copy_(saved)
     seconds = time.perf_counter() - start
     best = min(range(restarts), key=lambda k: (trials[k].diverged, trials[k].grad_loss))  # a finished trial first
-    return Reconstruction(images=trials[best].images, labels=labels.detach().cpu(), grad_loss=trials[best].grad_loss,
-                          best=best, trials=trials, seconds=seconds, iterations=restarts * num_iters)
+    return Reconstruction(
+        images=trials[best].images,
+        labels=labels.detach().cpu(),
+        grad_loss=trials[best].grad_loss,
+        best=best,
+        trials=trials,
+        seconds=seconds,
+        iterations=restarts * num_iters,
+    )
 
 
-def _run_trial(space: Space, loss_fn, optimizer: Adam | LBFGS, num_iters: int, history_every: int,
-               rng: torch.Generator, bar) -> Trial:
+def _run_trial(
+    space: Space, loss_fn, optimizer: Adam | LBFGS, num_iters: int, history_every: int, rng: torch.Generator, bar
+) -> Trial:
     variables = space.init(rng)
     if isinstance(optimizer, Adam):
         opt: torch.optim.Optimizer = _adam(variables, optimizer.lr)
     else:
-        opt = torch.optim.LBFGS(variables, lr=optimizer.lr, max_iter=optimizer.max_iter,
-                                history_size=optimizer.history_size)
+        opt = torch.optim.LBFGS(
+            variables, lr=optimizer.lr, max_iter=optimizer.max_iter, history_size=optimizer.history_size
+        )
     scheduler = None
     if isinstance(optimizer, Adam) and optimizer.decay:
         milestones = [round(num_iters * f) for f in (3 / 8, 5 / 8, 7 / 8)]
@@ -300,9 +324,14 @@ def _run_trial(space: Space, loss_fn, optimizer: Adam | LBFGS, num_iters: int, h
         images, grad_loss = last_good if losses else (torch.nan_to_num(first["images"]), first["grad_loss"])
         state = {}
     history.append(Snapshot(len(losses), images.cpu(), grad_loss))
-    return Trial(images=images.cpu(), grad_loss=grad_loss if math.isfinite(grad_loss) else math.inf,
-                 losses=losses, history=history, state=state, diverged=diverged)
-
+    return Trial(
+        images=images.cpu(),
+        grad_loss=grad_loss if math.isfinite(grad_loss) else math.inf,
+        losses=losses,
+        history=history,
+        state=state,
+        diverged=diverged,
+    )
 
 
 def _adam(variables: list[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -378,14 +407,34 @@ def gias(
     if batch_size is None:
         raise ValueError("GIAS needs the batch size: share it in the update")
     common = dict(labels=labels, threat_model=threat_model, progress=progress)
-    stage1 = reconstruct(update, model, LatentSpace(generator, batch_size), optimizer=Adam(latent.lr, decay=True),
-                         num_iters=latent.num_iters, restarts=latent.restarts, distance=latent.distance,
-                         priors=latent.priors, seed=seed, **common)
+    stage1 = reconstruct(
+        update,
+        model,
+        LatentSpace(generator, batch_size),
+        optimizer=Adam(latent.lr, decay=True),
+        num_iters=latent.num_iters,
+        restarts=latent.restarts,
+        distance=latent.distance,
+        priors=latent.priors,
+        seed=seed,
+        **common,
+    )
     if stage1.trials[stage1.best].diverged:
-        raise DivergedError(f"every one of the {latent.restarts} latent-search restarts diverged (NaN or inf loss); "
-                            f"try a smaller latent learning rate than {latent.lr}")
+        raise DivergedError(
+            f"every one of the {latent.restarts} latent-search restarts diverged (NaN or inf loss); "
+            f"try a smaller latent learning rate than {latent.lr}"
+        )
     z_star = stage1.trials[stage1.best].state["z"]
-    stage2 = reconstruct(update, model, GeneratorSpace(generator, batch_size, z=z_star, shared=shared),
-                         optimizer=Adam(weights.lr, decay=True), num_iters=weights.num_iters, restarts=1,
-                         distance=weights.distance, priors=weights.priors, seed=seed, **common)
+    stage2 = reconstruct(
+        update,
+        model,
+        GeneratorSpace(generator, batch_size, z=z_star, shared=shared),
+        optimizer=Adam(weights.lr, decay=True),
+        num_iters=weights.num_iters,
+        restarts=1,
+        distance=weights.distance,
+        priors=weights.priors,
+        seed=seed,
+        **common,
+    )
     return GIASResult(latent=stage1, weights=stage2)

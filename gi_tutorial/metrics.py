@@ -26,6 +26,7 @@ mean squared error) before any score is computed.
   class is not; a leak is. Its chance level, for a guess that uses no gradient, is measured
   with the floors of :mod:`gi_tutorial.yardstick`.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -156,8 +156,9 @@ def load_lpips(
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with socket_timeout():
-                torch.hub.download_url_to_file(ALEXNET_URL, str(path), hash_prefix=path.stem.split("-")[-1],
-                                               progress=False)
+                torch.hub.download_url_to_file(
+                    ALEXNET_URL, str(path), hash_prefix=path.stem.split("-")[-1], progress=False
+                )
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             return LPIPSMetric(None, f"LPIPS not computed: the AlexNet weights could not be downloaded ({reason})")
@@ -165,8 +166,10 @@ def load_lpips(
         prefix = path.stem.split("-")[-1]
         actual = sha256_of(path)
         if not actual.startswith(prefix):
-            raise ValueError(f"{path} has sha256 {actual[:16]}..., expected a digest starting with {prefix}: "
-                             "the file is corrupt or not torchvision's AlexNet; delete it and download again")
+            raise ValueError(
+                f"{path} has sha256 {actual[:16]}..., expected a digest starting with {prefix}: "
+                "the file is corrupt or not torchvision's AlexNet; delete it and download again"
+            )
     return LPIPSMetric(_build_lpips(torch.load(path, map_location="cpu", weights_only=True)))
 
 
@@ -305,9 +308,11 @@ def identification(
             keep &= candidate_labels.cpu() == truth_labels[b].cpu()
         chosen = pool[keep.nonzero().flatten()[:k] if k is not None else keep.nonzero().flatten()]
         if len(chosen) == 0:
-            raise ValueError(f"image {b} has no candidate to be ranked against (same class: {truth_labels is not None})")
-        others = torch.cat([t[b:b + 1], chosen])  # the truth first
-        reference = m[b:b + 1].expand(len(others), -1, -1, -1)
+            raise ValueError(
+                f"image {b} has no candidate to be ranked against (same class: {truth_labels is not None})"
+            )
+        others = torch.cat([t[b : b + 1], chosen])  # the truth first
+        reference = m[b : b + 1].expand(len(others), -1, -1, -1)
         scores = psnr(reference, others) if score == "psnr" else ssim(reference, others)
         scores = torch.nan_to_num(scores, posinf=1e9)  # an exact match is the best possible score
         rank = 1 + int((scores[1:] >= scores[0]).sum())

@@ -25,10 +25,12 @@ what they accept as ``model.in_channels`` and ``model.image_size`` (None where a
 takes any size). :func:`gi_tutorial.fl.checked_logits` turns a batch that does not fit into a
 ValueError that says what was expected.
 """
+
 from __future__ import annotations
 
 import numbers
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -57,9 +59,12 @@ class LeNet(nn.Module):
         super().__init__()
         self.in_channels, self.image_size = in_channels, image_size
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 12, 5, stride=2, padding=2), nn.Sigmoid(),  # (B, 12, S/2, S/2)
-            nn.Conv2d(12, 12, 5, stride=2, padding=2), nn.Sigmoid(),  # (B, 12, S/4, S/4)
-            nn.Conv2d(12, 12, 5, stride=1, padding=2), nn.Sigmoid(),  # (B, 12, S/4, S/4)
+            nn.Conv2d(in_channels, 12, 5, stride=2, padding=2),
+            nn.Sigmoid(),  # (B, 12, S/2, S/2)
+            nn.Conv2d(12, 12, 5, stride=2, padding=2),
+            nn.Sigmoid(),  # (B, 12, S/4, S/4)
+            nn.Conv2d(12, 12, 5, stride=1, padding=2),
+            nn.Sigmoid(),  # (B, 12, S/4, S/4)
         )
         self.classifier = nn.Linear(12 * (image_size // 4) ** 2, num_classes)
         for p in self.parameters():  # DLG's initialisation: smooth, non-saturated sigmoids

@@ -7,9 +7,11 @@
 
 ``layer_weights`` weighs (or, with zeros, selects) layers; by default all count equally.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
@@ -25,7 +27,9 @@ def check_gradients(candidate: Sequence[torch.Tensor], target: Sequence[torch.Te
         )
     for i, (c, t) in enumerate(zip(candidate, target)):
         if c.shape != t.shape:
-            raise ValueError(f"gradient {i} has shape {tuple(c.shape)} in the candidate but {tuple(t.shape)} in the shared update")
+            raise ValueError(
+                f"gradient {i} has shape {tuple(c.shape)} in the candidate but {tuple(t.shape)} in the shared update"
+            )
 
 
 def gradient_distance(

@@ -10,10 +10,12 @@ layers during the forward pass, for priors that need them.
 - :class:`BNStatistics`: match the BatchNorm batch statistics the client shared, as in
   Yin et al. (2021), "See through Gradients".
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 

@@ -28,6 +28,7 @@ order, sign and scale. Here:
   unmixed rows. Without a bias the sign is chosen to make the source's mean positive
   (pixels are non-negative) and the scale to make its brightest pixel 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -89,19 +90,23 @@ def unmix_fc_gradient(
         raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
     num_pixels = math.prod(image_shape)
     if weight_grad.ndim != 2 or weight_grad.shape[1] != num_pixels:
-        raise ValueError(f"weight_grad must be (out_features, {num_pixels}) for images of shape "
-                         f"{tuple(image_shape)}, got {tuple(weight_grad.shape)}")
+        raise ValueError(
+            f"weight_grad must be (out_features, {num_pixels}) for images of shape "
+            f"{tuple(image_shape)}, got {tuple(weight_grad.shape)}"
+        )
     rows = weight_grad.shape[0]
     if not 1 <= batch_size <= rows:
-        raise ValueError(f"batch_size must be between 1 and the layer's {rows} output features to unmix, "
-                         f"got {batch_size}")
+        raise ValueError(
+            f"batch_size must be between 1 and the layer's {rows} output features to unmix, got {batch_size}"
+        )
     if bias_grad is not None and bias_grad.shape != (rows,):
         raise ValueError(f"bias_grad must have shape ({rows},), got {tuple(bias_grad.shape)}")
 
     mixtures = weight_grad.detach().cpu().double().numpy()  # (rows, D): dW = Delta X
     # fun="exp" is FastICA's contrast for strongly heavy-tailed sources, as image differences are
-    ica = FastICA(n_components=batch_size, fun="exp", whiten="unit-variance", random_state=seed,
-                  max_iter=max_iter, tol=1e-6)
+    ica = FastICA(
+        n_components=batch_size, fun="exp", whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=1e-6
+    )
     ica.fit(spatial_differences(mixtures, image_shape).T)  # samples: filtered pixels; features: rows
     unmixing = ica.components_  # (B, rows), whitening included
     sources = unmixing @ mixtures  # (B, D): each a scaled copy s_k x_k of one image, up to ICA's error

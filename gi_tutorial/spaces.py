@@ -20,6 +20,7 @@ weights of the generator, ``x_b = G_{w_b}(z_b)``, with ``z`` fixed: one copy per
 stage 2 of GIAS (Jeon et al., 2021), and from a random ``z`` the GI-w ablation; one copy
 shared by the batch is the inner loop of GIML (:mod:`gi_tutorial.giml`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -154,8 +155,12 @@ class _CopiesConvTranspose2d(nn.Module):
             # x^T W rather than W^T x: the weight's gradient, x (dx)^T, then comes out in the weight's own
             # layout (the other order makes autograd transpose a (B, C_in, C_out*kh*kw) tensor every step)
             columns = torch.bmm(x.reshape(copies, c_in, h * w).transpose(1, 2), flat).transpose(1, 2)
-            size = [(n - 1) * s - 2 * p + d * (k - 1) + o + 1 for n, s, p, d, k, o in
-                    zip((h, w), self.stride, self.padding, self.dilation, (kh, kw), self.output_padding)]
+            size = [
+                (n - 1) * s - 2 * p + d * (k - 1) + o + 1
+                for n, s, p, d, k, o in zip(
+                    (h, w), self.stride, self.padding, self.dilation, (kh, kw), self.output_padding
+                )
+            ]
             y = F.fold(columns, size, (kh, kw), dilation=self.dilation, padding=self.padding, stride=self.stride)
         return y if self.bias is None else y + self.bias[:, :, None, None]
 
@@ -166,13 +171,19 @@ class _CopiesConv2d(nn.Module):
     def __init__(self, layer: nn.Conv2d):
         super().__init__()
         self.weight, self.bias = layer.weight, layer.bias
-        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, layer.groups
+        self.stride, self.padding, self.dilation, self.groups = (
+            layer.stride,
+            layer.padding,
+            layer.dilation,
+            layer.groups,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         copies = x.shape[0]
         weight = self.weight.reshape(-1, *self.weight.shape[2:])
-        y = F.conv2d(x.reshape(1, -1, *x.shape[2:]), weight, None, self.stride, self.padding, self.dilation,
-                     self.groups * copies)
+        y = F.conv2d(
+            x.reshape(1, -1, *x.shape[2:]), weight, None, self.stride, self.padding, self.dilation, self.groups * copies
+        )
         y = y.reshape(copies, -1, *y.shape[2:])
         return y if self.bias is None else y + self.bias[:, :, None, None]
 
@@ -221,17 +232,28 @@ def _copies_module(generator: nn.Module) -> nn.Module | None:
     upsampling, pooling). None when a layer with weights has no per-copy version here
     (the caller then vectorises with ``vmap``, slower but general).
     """
-    kinds = {nn.ConvTranspose2d: _CopiesConvTranspose2d, nn.Conv2d: _CopiesConv2d, nn.Linear: _CopiesLinear,
-             nn.BatchNorm1d: _CopiesBatchNorm, nn.BatchNorm2d: _CopiesBatchNorm}
+    kinds = {
+        nn.ConvTranspose2d: _CopiesConvTranspose2d,
+        nn.Conv2d: _CopiesConv2d,
+        nn.Linear: _CopiesLinear,
+        nn.BatchNorm1d: _CopiesBatchNorm,
+        nn.BatchNorm2d: _CopiesBatchNorm,
+    }
     copies = copy.deepcopy(generator).eval()
     for name, module in list(copies.named_modules()):
-        if not (any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))):
+        if not (
+            any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False))
+        ):
             continue
         kind = kinds.get(type(module))
         supported = kind is not None and not (
-            isinstance(module, nn.ConvTranspose2d) and module.groups != 1
-            or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.padding_mode != "zeros"
-            or isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None)
+            isinstance(module, nn.ConvTranspose2d)
+            and module.groups != 1
+            or isinstance(module, (nn.Conv2d, nn.ConvTranspose2d))
+            and module.padding_mode != "zeros"
+            or isinstance(module, nn.modules.batchnorm._BatchNorm)
+            and module.running_mean is None
+        )
         if not supported or not name:
             return None
         parent_name, _, child = name.rpartition(".")
@@ -266,8 +288,14 @@ class GeneratorSpace:
             with weights has one, else ``vmap``) or ``"vmap"``; both give the same images.
     """
 
-    def __init__(self, generator: nn.Module, batch_size: int, z: torch.Tensor | None = None, shared: bool = False,
-                 vectorise: Literal["layers", "vmap"] = "layers"):
+    def __init__(
+        self,
+        generator: nn.Module,
+        batch_size: int,
+        z: torch.Tensor | None = None,
+        shared: bool = False,
+        vectorise: Literal["layers", "vmap"] = "layers",
+    ):
         if vectorise not in ("layers", "vmap"):
             raise ValueError(f"vectorise must be 'layers' or 'vmap', got {vectorise!r}")
         if z is not None and tuple(z.shape) != (batch_size, generator.z_dim):
@@ -278,7 +306,7 @@ class GeneratorSpace:
         self.requires = generator_requires(generator)
         self.device = next(self.base.parameters()).device
         self.fixed_z = None if z is None else z.detach().to(self.device)
-        self.buffers = {name: b for name, b in self.base.named_buffers()}  # BatchNorm running statistics
+        self.buffers = dict(self.base.named_buffers())  # BatchNorm running statistics
         self.copies = None if shared or vectorise == "vmap" else _copies_module(self.base)
         self.z: torch.Tensor | None = None
         self.weights: dict[str, torch.Tensor] | None = None  # name -> (B, *shape), or (*shape) when shared
@@ -289,8 +317,10 @@ class GeneratorSpace:
         else:
             self.z = torch.randn(self.batch_size, self.base.z_dim, generator=rng).to(self.device)
         copies = 1 if self.shared else self.batch_size
-        self.weights = {name: p.detach().clone() if self.shared else p.detach().repeat(copies, *[1] * p.ndim)
-                        for name, p in self.base.named_parameters()}
+        self.weights = {
+            name: p.detach().clone() if self.shared else p.detach().repeat(copies, *[1] * p.ndim)
+            for name, p in self.base.named_parameters()
+        }
         for w in self.weights.values():
             w.requires_grad_(True)
         return list(self.weights.values())
@@ -327,8 +357,9 @@ def generator_from_state(generator: nn.Module, state: dict[str, torch.Tensor], i
     """
     weights = {name[2:]: w for name, w in state.items() if name.startswith("w.")}
     if not weights:
-        raise ValueError("the state holds no generator weights: pass Trial.state of a GeneratorSpace run "
-                         "that did not diverge")
+        raise ValueError(
+            "the state holds no generator weights: pass Trial.state of a GeneratorSpace run that did not diverge"
+        )
     names = {name for name, _ in generator.named_parameters()}
     if set(weights) != names:
         raise ValueError(f"the state's weights {sorted(weights)[:3]}... do not match the generator's parameters")

@@ -9,11 +9,12 @@ A claim such as "A beats B" is checked pair by pair (:func:`paired`): the same s
 and images under both methods, the mean gap with its spread, and in how many pairs A is
 ahead by more than a margin.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,11 @@ class MeanSD:
         """
         if self.n == 0:
             return "no runs"
-        body = fmt.format(self.mean) + unit if math.isnan(self.sd) else f"{fmt.format(self.mean)} ± {fmt.format(self.sd)}{unit}"
+        body = (
+            fmt.format(self.mean) + unit
+            if math.isnan(self.sd)
+            else f"{fmt.format(self.mean)} ± {fmt.format(self.sd)}{unit}"
+        )
         return f"{body} (n = {self.n})" if with_n else body
 
     def __str__(self) -> str:
@@ -112,8 +117,10 @@ def compare(a_name: str, b_name: str, result: Paired, *, unit: str = "", fmt: st
     gap = result.gap
     signed = fmt.replace("{:", "{:+", 1)
     spread = "" if math.isnan(gap.sd) else f" ± {fmt.format(gap.sd)}"
-    text = (f"{a_name} is {signed.format(gap.mean)}{spread}{unit} (n = {gap.n}) from {b_name}, ahead by more than "
-            f"{fmt.format(result.margin) if '%' in fmt else f'{result.margin:g}'}{unit} in {result.ahead} of {gap.n} pairs")
+    text = (
+        f"{a_name} is {signed.format(gap.mean)}{spread}{unit} (n = {gap.n}) from {b_name}, ahead by more than "
+        f"{fmt.format(result.margin) if '%' in fmt else f'{result.margin:g}'}{unit} in {result.ahead} of {gap.n} pairs"
+    )
     if result.holds:
         return f"{text}: {a_name} wins"
     if result.reversed:
@@ -156,11 +163,14 @@ class Tally:
             raise ValueError(f"a row of this tally needs the keys {self.keys}; missing {missing}")
         self.rows.append(dict(row))
 
-    def select(self, **where) -> "Tally":
+    def select(self, **where) -> Tally:
         """The rows whose values equal ``where`` (a list or tuple value matches any of its items)."""
+
         def matches(row: dict) -> bool:
-            return all(row.get(k) in v if isinstance(v, (list, tuple, set)) else row.get(k) == v
-                       for k, v in where.items())
+            return all(
+                row.get(k) in v if isinstance(v, (list, tuple, set)) else row.get(k) == v for k, v in where.items()
+            )
+
         return Tally(self.keys, [r for r in self.rows if matches(r)])
 
     def levels(self, key: str) -> list:
@@ -200,8 +210,10 @@ class Tally:
 
         left, right = runs(a), runs(b)
         if set(left) != set(right):
-            raise ValueError(f"{a} and {b} were not run on the same settings: "
-                             f"{sorted(set(left) ^ set(right), key=str)[:3]}... have only one of them")
+            raise ValueError(
+                f"{a} and {b} were not run on the same settings: "
+                f"{sorted(set(left) ^ set(right), key=str)[:3]}... have only one of them"
+            )
         order = list(left)
         return paired([left[k] for k in order], [right[k] for k in order], margin)
 
@@ -231,5 +243,5 @@ class Tally:
         return {"keys": list(self.keys), "rows": self.rows}
 
     @classmethod
-    def from_json(cls, payload: dict) -> "Tally":
+    def from_json(cls, payload: dict) -> Tally:
         return cls(payload["keys"], payload["rows"])

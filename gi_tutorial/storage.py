@@ -11,6 +11,7 @@ results file imports nothing heavier than ``hashlib`` and ``json``:
   experiment (a sweep too slow for a chapter's budget) together with their provenance: the
   command that produced them, seeds, data, budgets, seconds, and the sha256 of the results.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,8 +19,9 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 DOWNLOAD_TIMEOUT_S = 20.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,7 +93,9 @@ def load_results(path: str | os.PathLike) -> tuple[Any, dict]:
     provenance, results = content["provenance"], content["results"]
     actual = payload_sha256(results)
     if actual != provenance.get("sha256"):
-        raise ValueError(f"{path}: the results hash to {actual[:16]}..., but the record says "
-                         f"{str(provenance.get('sha256'))[:16]}...: the file was edited or is corrupt; re-run "
-                         f"{provenance.get('command', 'the command that produced it')!r}")
+        raise ValueError(
+            f"{path}: the results hash to {actual[:16]}..., but the record says "
+            f"{str(provenance.get('sha256'))[:16]}...: the file was edited or is corrupt; re-run "
+            f"{provenance.get('command', 'the command that produced it')!r}"
+        )
     return results, provenance

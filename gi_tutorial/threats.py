@@ -22,11 +22,12 @@ What the update carries (batch size, labels, BatchNorm statistics) is read from 
 declare what they require (``requires``), and :func:`check` refuses an attack whose threat
 model does not provide it, naming what is missing.
 """
+
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 
 class Knowledge(enum.Flag):
@@ -71,11 +72,14 @@ class ThreatModel:
 
 EAVESDROPPER = ThreatModel("B", "informed eavesdropper", Knowledge.NONE)
 PARAMETER_AWARE = ThreatModel("C", "parameter-aware eavesdropper", Knowledge.BATCH_SIZE | Knowledge.LABELS)
-DATA_ENHANCED = ThreatModel("D", "data-enhanced eavesdropper",
-                            Knowledge.BATCH_SIZE | Knowledge.LABELS | Knowledge.SURROGATE_DATA)
-STATISTICS_INFORMED = ThreatModel("E", "statistics-informed eavesdropper",
-                                  Knowledge.BATCH_SIZE | Knowledge.LABELS | Knowledge.SURROGATE_DATA
-                                  | Knowledge.BN_STATISTICS)
+DATA_ENHANCED = ThreatModel(
+    "D", "data-enhanced eavesdropper", Knowledge.BATCH_SIZE | Knowledge.LABELS | Knowledge.SURROGATE_DATA
+)
+STATISTICS_INFORMED = ThreatModel(
+    "E",
+    "statistics-informed eavesdropper",
+    Knowledge.BATCH_SIZE | Knowledge.LABELS | Knowledge.SURROGATE_DATA | Knowledge.BN_STATISTICS,
+)
 THREAT_MODELS = {t.id: t for t in (EAVESDROPPER, PARAMETER_AWARE, DATA_ENHANCED, STATISTICS_INFORMED)}
 
 
@@ -124,8 +128,12 @@ def check(needed: Knowledge, available: Knowledge, threat_model: ThreatModel | N
     missing = needed & ~available
     if missing:
         stated = str(threat_model) if threat_model is not None else "no threat model was stated (threat_model=None)"
-        hint = (" State a threat model that gives it, e.g. threat_model=threats.DATA_ENHANCED for a generator "
-                "trained on data like the clients'." if Knowledge.SURROGATE_DATA in missing else
-                " Share it in the update (fl.client_update(..., share_bn_statistics=True))."
-                if Knowledge.BN_STATISTICS in missing else "")
+        hint = (
+            " State a threat model that gives it, e.g. threat_model=threats.DATA_ENHANCED for a generator "
+            "trained on data like the clients'."
+            if Knowledge.SURROGATE_DATA in missing
+            else " Share it in the update (fl.client_update(..., share_bn_statistics=True))."
+            if Knowledge.BN_STATISTICS in missing
+            else ""
+        )
         raise ValueError(f"this attack needs {describe(missing)}, which the attacker does not have: {stated}.{hint}")

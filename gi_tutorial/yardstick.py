@@ -37,6 +37,7 @@ fall back to those images, leaving out the targets: every code path runs, and th
 labelled as a stand-in. On CIFAR-10 offline, the pool is the other shipped test images, ranked
 regardless of class (2 per class would make same-class ranking meaningless).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -89,18 +90,32 @@ class Yardstick:
         z = torch.randn(batch_size, generator.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
         return generator.eval()(z).cpu()
 
-    def identify(self, matched: torch.Tensor, truth: torch.Tensor, truth_labels: torch.Tensor,
-                 score: Literal["psnr", "ssim"] | None = None) -> Identification:
+    def identify(
+        self,
+        matched: torch.Tensor,
+        truth: torch.Tensor,
+        truth_labels: torch.Tensor,
+        score: Literal["psnr", "ssim"] | None = None,
+    ) -> Identification:
         """Identification of matched reconstructions against this pool (see :func:`~gi_tutorial.metrics.identification`),
         ranked by ``score`` (default: the yardstick's)."""
         score = score or self.score
         if self.same_class:
-            return identification(matched, truth, self.pool_images, truth_labels=truth_labels,
-                                  candidate_labels=self.pool_labels, k=self.k, score=score)
+            return identification(
+                matched,
+                truth,
+                self.pool_images,
+                truth_labels=truth_labels,
+                candidate_labels=self.pool_labels,
+                k=self.k,
+                score=score,
+            )
         return identification(matched, truth, self.pool_images, k=self.k, score=score)
 
 
-def _without(images: torch.Tensor, labels: torch.Tensor, exclude: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _without(
+    images: torch.Tensor, labels: torch.Tensor, exclude: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop every image that equals one in ``exclude`` (the targets), pixel for pixel."""
     if exclude is None or len(exclude) == 0:
         return images, labels
@@ -111,8 +126,9 @@ def _without(images: torch.Tensor, labels: torch.Tensor, exclude: torch.Tensor |
     return images[keep], labels[keep]
 
 
-def fashion_mnist(exclude: torch.Tensor | None = None, *, k: int = K_CANDIDATES,
-                  score: Literal["psnr", "ssim"] = "psnr") -> Yardstick:
+def fashion_mnist(
+    exclude: torch.Tensor | None = None, *, k: int = K_CANDIDATES, score: Literal["psnr", "ssim"] = "psnr"
+) -> Yardstick:
     """The yardstick of chapters 3 to 7: the train split as public sample, test images 8000+ as the pool.
 
     Falls back to the 20 shipped test images (minus ``exclude``, the targets), ranked regardless
@@ -122,19 +138,32 @@ def fashion_mnist(exclude: torch.Tensor | None = None, *, k: int = K_CANDIDATES,
         public, public_labels = data.fashion_mnist("train", allow_download=not is_quick())
         test, test_labels = data.fashion_mnist("test", allow_download=not is_quick())
         pool, pool_labels = test[POOL_FIRST:], test_labels[POOL_FIRST:]
-        description = (f"public sample: the {len(public):,} Fashion-MNIST train images; identification pool: test "
-                       f"images {POOL_FIRST} to {len(test) - 1}, up to {k} of the same class per image")
+        description = (
+            f"public sample: the {len(public):,} Fashion-MNIST train images; identification pool: test "
+            f"images {POOL_FIRST} to {len(test) - 1}, up to {k} of the same class per image"
+        )
     except data.DataNotFoundError:
         public, public_labels = data.fashion_mnist("test", data.NUM_SHIPPED)
         public, public_labels = _without(public, public_labels, exclude)
         # 20 images leave some classes without a second member: rank against all of them, as cifar10() does
-        description = (f"stand-in (the Fashion-MNIST splits are not on this machine): the {len(public)} shipped test "
-                       "images that are not targets, of any class, serve as public sample and pool")
-        return Yardstick(public, public_labels, public, public_labels, k=len(public), same_class=False, score=score,
-                         description=description)
+        description = (
+            f"stand-in (the Fashion-MNIST splits are not on this machine): the {len(public)} shipped test "
+            "images that are not targets, of any class, serve as public sample and pool"
+        )
+        return Yardstick(
+            public,
+            public_labels,
+            public,
+            public_labels,
+            k=len(public),
+            same_class=False,
+            score=score,
+            description=description,
+        )
     pool, pool_labels = _without(pool, pool_labels, exclude)
-    return Yardstick(public, public_labels, pool, pool_labels, k=k, same_class=True, score=score,
-                     description=description)
+    return Yardstick(
+        public, public_labels, pool, pool_labels, k=k, same_class=True, score=score, description=description
+    )
 
 
 def cifar10(exclude: torch.Tensor | None = None, *, score: Literal["psnr", "ssim"] = "psnr") -> Yardstick:
@@ -149,12 +178,28 @@ def cifar10(exclude: torch.Tensor | None = None, *, score: Literal["psnr", "ssim
         public, public_labels = data.load_dataset("cifar10", "train", allow_download=not is_quick())
         test, test_labels = data.load_dataset("cifar10", "test", allow_download=not is_quick())
         pool, pool_labels = _without(test[POOL_FIRST:], test_labels[POOL_FIRST:], exclude)
-        return Yardstick(public, public_labels, pool, pool_labels, k=K_CANDIDATES, same_class=True, score=score,
-                         description=f"public sample: the {len(public):,} CIFAR-10 train images; identification "
-                                     f"pool: test images {POOL_FIRST}+, up to {K_CANDIDATES} of the same class")
+        return Yardstick(
+            public,
+            public_labels,
+            pool,
+            pool_labels,
+            k=K_CANDIDATES,
+            same_class=True,
+            score=score,
+            description=f"public sample: the {len(public):,} CIFAR-10 train images; identification "
+            f"pool: test images {POOL_FIRST}+, up to {K_CANDIDATES} of the same class",
+        )
     except data.DataNotFoundError:
         shipped, shipped_labels = data.cifar10_targets(data.NUM_SHIPPED)
         others, other_labels = _without(shipped, shipped_labels, exclude)
-        return Yardstick(others, other_labels, others, other_labels, k=len(others), same_class=False, score=score,
-                         description=f"offline: the {len(others)} other shipped CIFAR-10 test images, of any class, "
-                                     "serve as public sample and identification pool")
+        return Yardstick(
+            others,
+            other_labels,
+            others,
+            other_labels,
+            k=len(others),
+            same_class=False,
+            score=score,
+            description=f"offline: the {len(others)} other shipped CIFAR-10 test images, of any class, "
+            "serve as public sample and identification pool",
+        )

@@ -1,4 +1,5 @@
 """gi_tutorial.analytic: closed-form label and input recovery, and counting."""
+
 from __future__ import annotations
 
 import pytest
@@ -113,14 +114,19 @@ def test_last_linear_gradients_checks_the_update(lenet, random_batch):
         analytic.last_linear_gradients(update, lenet)
     conv_only = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3))
     with pytest.raises(ValueError, match="no nn.Linear"):
-        analytic.last_linear_gradients(fl.SharedUpdate(gradients=tuple(torch.zeros_like(p) for p in conv_only.parameters())), conv_only)
+        analytic.last_linear_gradients(
+            fl.SharedUpdate(gradients=tuple(torch.zeros_like(p) for p in conv_only.parameters())), conv_only
+        )
 
 
-@pytest.mark.parametrize("weight_grad, bias_grad", [
-    (torch.ones(5), torch.ones(5)),          # weight not 2-D
-    (torch.ones(5, 3), torch.ones(5, 1)),    # bias not 1-D
-    (torch.ones(5, 3), torch.ones(4)),       # different number of rows
-])
+@pytest.mark.parametrize(
+    "weight_grad, bias_grad",
+    [
+        (torch.ones(5), torch.ones(5)),  # weight not 2-D
+        (torch.ones(5, 3), torch.ones(5, 1)),  # bias not 1-D
+        (torch.ones(5, 3), torch.ones(4)),  # different number of rows
+    ],
+)
 def test_recover_fc_input_shape_errors(weight_grad, bias_grad):
     with pytest.raises(ValueError, match=r"weight_grad \(out, in\) and bias_grad \(out,\)"):
         analytic.recover_fc_input(weight_grad, bias_grad)
@@ -189,11 +195,14 @@ def test_count_per_search_space():
     assert len({c.equations for c in (latent, per_image, shared, pixels)}) == 1  # the gradient is the same
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(space="latent"), "needs the generator"),
-    (dict(space="voxels"), "unknown space 'voxels'"),
-    (dict(space="latent", generator=torch.nn.Linear(2, 2)), "z_dim"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(space="latent"), "needs the generator"),
+        (dict(space="voxels"), "unknown space 'voxels'"),
+        (dict(space="latent", generator=torch.nn.Linear(2, 2)), "z_dim"),
+    ],
+)
 def test_count_space_errors(lenet, kwargs, match):
     with pytest.raises(ValueError, match=match):
         analytic.count(lenet, (3, 32, 32), 2, **kwargs)
@@ -212,14 +221,21 @@ def _tiny_models():
     with torch.no_grad():  # running statistics and affine parameters away from their defaults
         for m in bn_eval.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.uniform_(0.5, 2), m.bias.uniform_(-1, 1)
+                (
+                    m.running_mean.uniform_(-1, 1),
+                    m.running_var.uniform_(0.5, 2),
+                    m.weight.uniform_(0.5, 2),
+                    m.bias.uniform_(-1, 1),
+                )
     return {
         "linear": (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 4)), (1, 3, 3)),
         "mlp": (models.MLP(1, 4, hidden=5, image_size=3), (1, 3, 3)),
         "convnet": (models.ConvNet(1, 4, widths=(2, 3), strides=(1, 2), head="flatten", image_size=6), (1, 6, 6)),
         "convnet_gap": (models.ConvNet(1, 4, widths=(2, 3, 3), strides=(1, 2, 1), head="gap", image_size=6), (1, 6, 6)),
-        "convnet_bn_train": (models.ConvNet(1, 4, widths=(2, 3), strides=(1, 2), head="flatten", batch_norm=True,
-                                            image_size=6), (1, 6, 6)),
+        "convnet_bn_train": (
+            models.ConvNet(1, 4, widths=(2, 3), strides=(1, 2), head="flatten", batch_norm=True, image_size=6),
+            (1, 6, 6),
+        ),
         "convnet_bn_eval": (bn_eval, (1, 6, 6)),
     }
 
@@ -307,8 +323,8 @@ def test_recover_label_is_exact_on_real_images(cifar_batch):
         for seed in range(2):
             model = models.build_model(name, seed=seed)
             for i in range(len(images)):
-                update = fl.client_update(model, images[i:i + 1], labels[i:i + 1])
-                assert torch.equal(analytic.recover_label(update, model), labels[i:i + 1]), (name, seed, i)
+                update = fl.client_update(model, images[i : i + 1], labels[i : i + 1])
+                assert torch.equal(analytic.recover_label(update, model), labels[i : i + 1]), (name, seed, i)
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -316,8 +332,8 @@ def test_recover_label_is_exact_on_resnet18(seed, cifar_batch):
     model = models.build_model("resnet18", seed=seed)  # train mode: BatchNorm uses the image's own statistics
     images, labels = cifar_batch
     for i in (seed, seed + 1):
-        update = fl.client_update(model, images[i:i + 1], labels[i:i + 1])
-        assert torch.equal(analytic.recover_label(update, model), labels[i:i + 1])
+        update = fl.client_update(model, images[i : i + 1], labels[i : i + 1])
+        assert torch.equal(analytic.recover_label(update, model), labels[i : i + 1])
     x, y = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)), torch.tensor([9 - seed])
     assert analytic.recover_label(fl.client_update(model, x, y), model).tolist() == [9 - seed]
 
@@ -336,6 +352,7 @@ def test_recover_label_falls_back_to_the_weight_rows_without_a_bias():
 def _batch_probability(model, x):
     """The probability the whole batch gives each class, ``sum_b softmax(z_b)``, in the client's mode."""
     import copy
+
     with torch.no_grad():
         return copy.deepcopy(model)(x).softmax(dim=1).sum(dim=0)
 

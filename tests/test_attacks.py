@@ -1,4 +1,5 @@
 """gi_tutorial.attacks, yardstick, threats, metrics.identification: the battery and the floors it is measured against."""
+
 from __future__ import annotations
 
 import pytest
@@ -52,8 +53,11 @@ def test_floors_use_no_gradient_and_the_labels_the_attacker_has(shipped):
         b = floor.run(zeroed, model, image_shape=(1, 32, 32), generators={}, yardstick=stick, seed=0)
         assert torch.equal(a[floor.name].images, b[floor.name].images)  # the gradient plays no part
         assert a[floor.name].grad_loss is None
-    label_only = attacks.Floor("label only", "label only").run(update, model, image_shape=(1, 32, 32), generators={},
-                                                               yardstick=stick, seed=0)["label only"].images
+    label_only = (
+        attacks.Floor("label only", "label only")
+        .run(update, model, image_shape=(1, 32, 32), generators={}, yardstick=stick, seed=0)["label only"]
+        .images
+    )
     for b, label in enumerate(labels[:2].tolist()):
         members = images[1:][labels[1:] == label]
         expected = members.mean(0) if len(members) else images[1:].mean(0)
@@ -69,8 +73,9 @@ def test_a_gradient_attack_clears_its_floors_where_the_floors_cannot(shipped):
     tally = stats.Tally(keys=("method",))
     budget = attacks.Budget(x_iters=150, z_iters=2, z_restarts=1, w_iters=2)
     recipes = [attacks.gi_x(budget), *attacks.floors(None, mean_image=True)]
-    shown = attacks.run_battery(update, model, recipes, truth=images[:1], truth_labels=labels[:1], yardstick=stick,
-                                tally=tally)
+    shown = attacks.run_battery(
+        update, model, recipes, truth=images[:1], truth_labels=labels[:1], yardstick=stick, tally=tally
+    )
     assert set(shown) == {"GI-x", "label only", "mean image"}
     gi_x = tally.select(method="GI-x").rows[0]
     floor = tally.select(method="label only").rows[0]
@@ -85,8 +90,17 @@ def test_gias_records_its_latent_stage_and_states_its_threat_model(shipped):
     update = fl.client_update(model, images[:2], labels[:2], share_labels=True)
     tally = stats.Tally(keys=("seed", "method"))
     recipes = attacks.battery(attacks.QUICK, methods=("GI-x", "GI-z", "GIAS"))
-    shown = attacks.run_battery(update, model, recipes, truth=images[:2], truth_labels=labels[:2], yardstick=stick,
-                                generators={"dcgan": generators.load_generator()}, tally=tally, seed=0)
+    shown = attacks.run_battery(
+        update,
+        model,
+        recipes,
+        truth=images[:2],
+        truth_labels=labels[:2],
+        yardstick=stick,
+        generators={"dcgan": generators.load_generator()},
+        tally=tally,
+        seed=0,
+    )
     assert tally.levels("method") == ["GI-x", "GIAS", "GI-z", "label only", "prior sample"]
     assert all(img.shape == (2, 1, 32, 32) for img in shown.values())
     gias, giz = tally.select(method="GIAS").rows[0], tally.select(method="GI-z").rows[0]
@@ -95,8 +109,15 @@ def test_gias_records_its_latent_stage_and_states_its_threat_model(shipped):
     assert "Jeon et al., 2021" in text and "threat model D" in text
     assert "threat model C" in str(recipes[0]) and "Geiping et al., 2020" in str(recipes[0])
     with pytest.raises(ValueError, match="generator 'giml'.*pass generators="):
-        attacks.run_battery(update, model, [attacks.gi_z(attacks.QUICK, "giml")], truth=images[:2],
-                            truth_labels=labels[:2], yardstick=stick, generators={"dcgan": generators.load_generator()})
+        attacks.run_battery(
+            update,
+            model,
+            [attacks.gi_z(attacks.QUICK, "giml")],
+            truth=images[:2],
+            truth_labels=labels[:2],
+            yardstick=stick,
+            generators={"dcgan": generators.load_generator()},
+        )
 
 
 def test_threat_models_add_knowledge_step_by_step():

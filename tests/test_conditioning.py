@@ -1,4 +1,5 @@
 """gi_tutorial.conditioning: the singular spectrum of the Jacobian of the shared gradient w.r.t. the images."""
+
 from __future__ import annotations
 
 import copy
@@ -85,8 +86,10 @@ def test_nested_spectra_equal_separate_ones():
         np.testing.assert_allclose(nested[b].singular_values, alone.singular_values, rtol=1e-9, atol=1e-14)
         exact = torch.linalg.svdvals(conditioning.jacobian(model, x[:b], y[:b])).numpy()
         # the Gram matrix resolves singular values down to about sqrt(eps64) * s_1, not below
-        np.testing.assert_allclose(alone.singular_values[:len(exact)], exact, rtol=1e-6, atol=1e-7 * exact[0])
-        g = torch.cat([t.flatten() for t in fl.client_update(copy.deepcopy(model).double(), x[:b].double(), y[:b]).gradients])
+        np.testing.assert_allclose(alone.singular_values[: len(exact)], exact, rtol=1e-6, atol=1e-7 * exact[0])
+        g = torch.cat(
+            [t.flatten() for t in fl.client_update(copy.deepcopy(model).double(), x[:b].double(), y[:b]).gradients]
+        )
         assert alone.gradient_norm == pytest.approx(g.norm().item(), rel=1e-10)
         assert alone.image_norm == pytest.approx(x[:b].double().norm().item(), rel=1e-12)
     with pytest.raises(ValueError, match=r"batch sizes must lie in \[1, 4\]"):
@@ -200,7 +203,11 @@ def test_shipped_results_reproduce_live():
     assert {"command", "seeds", "data", "seconds", "sha256", "rtol"} <= set(provenance)
     assert provenance["rtol"] == conditioning.RTOL_FLOAT32
     victims = {r["victim"] for r in rows}
-    assert victims == {"S", "A", "B"} and {r["batch"] for r in rows} == {1, 4, 8} and {r["seed"] for r in rows} == {0, 1, 2}
+    assert (
+        victims == {"S", "A", "B"}
+        and {r["batch"] for r in rows} == {1, 4, 8}
+        and {r["seed"] for r in rows} == {0, 1, 2}
+    )
     for r in rows:
         assert r["unknowns"] == r["batch"] * 1024
         assert r["equations"] == analytic.count(models.build_model(r["model"], in_channels=1), (1, 32, 32), 1).equations
@@ -208,8 +215,9 @@ def test_shipped_results_reproduce_live():
     shipped = next(r for r in rows if (r["victim"], r["seed"], r["batch"]) == ("S", 0, 1))
     x, y = _victim_s_images(1)
     assert shipped["images"] == [9000] and shipped["labels"] == y.tolist()
-    live = conditioning.spectrum(models.build_model("convnet_s", in_channels=1, seed=0), x, y,
-                                 dtype=getattr(torch, provenance["jacobian_dtype"])).summary()
+    live = conditioning.spectrum(
+        models.build_model("convnet_s", in_channels=1, seed=0), x, y, dtype=getattr(torch, provenance["jacobian_dtype"])
+    ).summary()
     for key in ("numerical_rank", "rank_deficit", "equations"):
         assert live[key] == shipped[key]
     # float32 Jacobians: another CPU may round differently, by up to float32_error * s_1 (2e-7 s_1 here), which moves

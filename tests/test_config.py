@@ -1,4 +1,5 @@
 """gi_tutorial.config: quick mode, budgets, seeding, device and threads."""
+
 from __future__ import annotations
 
 import random
@@ -45,7 +46,10 @@ def test_seed_everything_makes_all_generators_reproducible():
     assert a[2] == b[2]
     assert torch.equal(a[3], b[3])
     # the returned generator is seeded like torch's global one
-    assert torch.equal(torch.rand(4, generator=config.seed_everything(1234)), torch.rand(4, generator=torch.Generator().manual_seed(1234)))
+    assert torch.equal(
+        torch.rand(4, generator=config.seed_everything(1234)),
+        torch.rand(4, generator=torch.Generator().manual_seed(1234)),
+    )
     config.seed_everything(1235)
     assert not torch.equal(torch.rand(5), a[0])
 

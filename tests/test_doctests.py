@@ -1,4 +1,5 @@
 """Run the examples in every gi_tutorial module's docstrings."""
+
 from __future__ import annotations
 
 import doctest
@@ -6,8 +7,24 @@ import importlib
 
 import pytest
 
-MODULES = ["config", "data", "models", "fl", "analytic", "objectives", "priors", "spaces", "invert",
-           "metrics", "viz", "exercises", "separation", "generators", "giml", "defenses"]
+MODULES = [
+    "config",
+    "data",
+    "models",
+    "fl",
+    "analytic",
+    "objectives",
+    "priors",
+    "spaces",
+    "invert",
+    "metrics",
+    "viz",
+    "exercises",
+    "separation",
+    "generators",
+    "giml",
+    "defenses",
+]
 # modules whose docstrings hold examples: a doctest run that finds none there is a failure too
 WITH_EXAMPLES = {"config", "objectives", "priors", "metrics", "separation"}
 

@@ -1,4 +1,5 @@
 """gi_tutorial.fl: what a client shares, checks on its inputs, and the FedSGD server."""
+
 from __future__ import annotations
 
 import pytest
@@ -100,14 +101,17 @@ def test_client_update_leaves_the_callers_model_unchanged(resnet, random_batch, 
     assert resnet.training  # mode untouched
 
 
-@pytest.mark.parametrize("images, labels, match", [
-    (torch.rand(3, 32, 32), torch.tensor([1, 2, 3]), r"\(B, C, H, W\)"),
-    (torch.randint(0, 255, (2, 3, 32, 32)), torch.tensor([1, 2]), r"\(B, C, H, W\)"),
-    (torch.rand(2, 3, 32, 32), torch.tensor([1, 2, 3]), r"shape \(2,\)"),
-    (torch.rand(2, 3, 32, 32), torch.tensor([[1, 2]]), r"shape \(2,\)"),
-    (torch.rand(2, 3, 32, 32), torch.tensor([1.0, 2.0]), r"integer tensor of shape \(2,\)"),
-    (torch.rand(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64), "the batch is empty"),
-])
+@pytest.mark.parametrize(
+    "images, labels, match",
+    [
+        (torch.rand(3, 32, 32), torch.tensor([1, 2, 3]), r"\(B, C, H, W\)"),
+        (torch.randint(0, 255, (2, 3, 32, 32)), torch.tensor([1, 2]), r"\(B, C, H, W\)"),
+        (torch.rand(2, 3, 32, 32), torch.tensor([1, 2, 3]), r"shape \(2,\)"),
+        (torch.rand(2, 3, 32, 32), torch.tensor([[1, 2]]), r"shape \(2,\)"),
+        (torch.rand(2, 3, 32, 32), torch.tensor([1.0, 2.0]), r"integer tensor of shape \(2,\)"),
+        (torch.rand(0, 3, 32, 32), torch.zeros(0, dtype=torch.int64), "the batch is empty"),
+    ],
+)
 def test_bad_batches_raise_value_error(lenet, images, labels, match):
     with pytest.raises(ValueError, match=match):
         fl.client_update(lenet, images, labels)
@@ -245,6 +249,7 @@ def test_non_finite_updates_are_rejected(lenet, random_batch, bad):
     with pytest.raises(ValueError, match="NaN or inf"):
         fl.average_gradients([update, broken])
     from gi_tutorial import invert, spaces
+
     with pytest.raises(ValueError, match="NaN or inf"):  # the attack refuses it before running
         invert.reconstruct(broken, lenet, spaces.PixelSpace((1, 3, 32, 32)), num_iters=1)
 

@@ -1,4 +1,5 @@
 """gi_tutorial.generators and the generator spaces: the shipped checkpoint, training, latent and weight search."""
+
 from __future__ import annotations
 
 import copy
@@ -107,7 +108,7 @@ class _LoopSpace:
         return list(self.copies.parameters())
 
     def images(self):
-        return torch.cat([g(self.z[b:b + 1]) for b, g in enumerate(self.copies)])
+        return torch.cat([g(self.z[b : b + 1]) for b, g in enumerate(self.copies)])
 
     def project(self):
         pass
@@ -137,7 +138,9 @@ def test_vectorised_copies_match_a_loop_over_modules(generator, vectorise):
     per_image = [torch.stack([grads[1][i + k * len(grads[0])] for k in range(3)]) for i in range(len(grads[0]))]
     for a, b in zip(grads[0], per_image):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
-    kwargs = dict(optimizer=invert.Adam(3e-4), num_iters=5, distance="l2", progress=False, threat_model=threats.DATA_ENHANCED)
+    kwargs = dict(
+        optimizer=invert.Adam(3e-4), num_iters=5, distance="l2", progress=False, threat_model=threats.DATA_ENHANCED
+    )
     ran = [invert.reconstruct(update, model, space, **kwargs) for space in (vectorised, loop)]
     assert not torch.allclose(ran[0].images, generator(z).detach(), atol=1e-3)  # the weights moved
     assert torch.allclose(ran[0].images, ran[1].images, atol=1e-5)
@@ -164,8 +167,15 @@ def test_gias_stage_two_lowers_the_gradient_distance(generator):
     target = generator(torch.randn(1, generator.z_dim, generator=torch.Generator().manual_seed(5))).detach()
     target = target.flip(-1)  # mirrored: near, not in, the range
     update = fl.client_update(model, target, torch.tensor([3]), share_labels=True)
-    result = invert.gias(update, model, generator, latent=invert.Stage(30, 0.1, restarts=2),
-                         weights=invert.Stage(30, 1e-3), threat_model=threats.DATA_ENHANCED, progress=False)
+    result = invert.gias(
+        update,
+        model,
+        generator,
+        latent=invert.Stage(30, 0.1, restarts=2),
+        weights=invert.Stage(30, 1e-3),
+        threat_model=threats.DATA_ENHANCED,
+        progress=False,
+    )
     assert result.weights.grad_loss < result.latent.grad_loss
     assert result.images.shape == (1, 1, 32, 32)
     assert metrics.psnr(result.weights.images, target) > metrics.psnr(result.latent.images, target)
@@ -217,9 +227,9 @@ def test_per_copy_layers_match_one_module_per_copy():
     names = [name for name, _ in net.named_parameters()]
     for b in range(3):
         single = spaces.generator_from_state(net, space.state(), index=b).eval()
-        expected = single(z[b:b + 1])
-        torch.testing.assert_close(images[b:b + 1], expected, rtol=1e-5, atol=1e-5)
-        expected_grads = torch.autograd.grad((expected * probe[b:b + 1]).sum(), list(single.parameters()))
+        expected = single(z[b : b + 1])
+        torch.testing.assert_close(images[b : b + 1], expected, rtol=1e-5, atol=1e-5)
+        expected_grads = torch.autograd.grad((expected * probe[b : b + 1]).sum(), list(single.parameters()))
         for name, got, want in zip(names, grads, expected_grads):
             torch.testing.assert_close(got[b], want, rtol=1e-5, atol=1e-5, msg=f"{name}, copy {b}")
 

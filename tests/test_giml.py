@@ -1,5 +1,6 @@
 """gi_tutorial.giml (and the stream of gi_tutorial.fl.fl_rounds): the threat model of the stream, one inner round,
 the Reptile step, meta-training, snapshots."""
+
 from __future__ import annotations
 
 import copy
@@ -39,8 +40,9 @@ def test_reptile_step_moves_every_parameter_by_step_size_times_the_mean_differen
     adapted = [_perturbed(w, 0.1, seed) for seed in (1, 2, 3)]
     stepped = copy.deepcopy(w)
     giml.reptile_step(stepped, adapted, step_size=0.25)
-    for (name, before), after, *primes in zip(w.named_parameters(), stepped.parameters(),
-                                              *(a.parameters() for a in adapted)):
+    for (name, before), after, *primes in zip(
+        w.named_parameters(), stepped.parameters(), *(a.parameters() for a in adapted)
+    ):
         expected = before + 0.25 * (torch.stack(primes).mean(0) - before)
         assert torch.allclose(after, expected, atol=1e-7), name
         assert not torch.equal(after, before), name
@@ -82,8 +84,15 @@ def test_a_few_meta_steps_lower_the_next_rounds_latent_distance(private, victim)
     held_out = rounds[8]
     distances = []
     for g in (untrained, result.generator):
-        run = invert.reconstruct(held_out.updates[0], held_out.model, spaces.LatentSpace(g, 1),
-                                 optimizer=invert.Adam(0.05, decay=True), num_iters=30, distance="cosine", progress=False)
+        run = invert.reconstruct(
+            held_out.updates[0],
+            held_out.model,
+            spaces.LatentSpace(g, 1),
+            optimizer=invert.Adam(0.05, decay=True),
+            num_iters=30,
+            distance="cosine",
+            progress=False,
+        )
         distances.append(run.grad_loss)
     assert distances[1] < 0.7 * distances[0], distances
 
@@ -162,8 +171,9 @@ def test_the_victim_trains_every_few_rounds_unless_frozen(private, victim):
 def test_a_stream_without_labels_is_inverted_with_the_labels_read_off_each_update(private, victim):
     images, labels = private
     shared = list(fl.fl_rounds(images, labels, victim, 6, clients_per_round=2, batch_size=4, seed=3))
-    hidden = list(fl.fl_rounds(images, labels, victim, 6, clients_per_round=2, batch_size=4, share_labels=False,
-                               seed=3))
+    hidden = list(
+        fl.fl_rounds(images, labels, victim, 6, clients_per_round=2, batch_size=4, share_labels=False, seed=3)
+    )
     unique = repeated = 0
     for r_shared, r_hidden in zip(shared, hidden):
         for u, v in zip(r_shared.updates, r_hidden.updates):
@@ -259,8 +269,13 @@ def test_chapter_priors_load_hash_checked_with_what_they_were_learned_from():
 
     priors = giml.priors()
     assert list(priors) == list(giml.PRIORS)
-    learned = {"untrained": "nothing", "GIML": "gradients", "GIML, batch-4 stream": "gradients",
-               "non-meta": "gradients", "DCGAN": "data"}
+    learned = {
+        "untrained": "nothing",
+        "GIML": "gradients",
+        "GIML, batch-4 stream": "gradients",
+        "non-meta": "gradients",
+        "DCGAN": "data",
+    }
     for name, g in priors.items():
         assert g.trained_on == learned[name], name
         expected = threats.DATA_ENHANCED if name == "DCGAN" else threats.PARAMETER_AWARE
@@ -281,9 +296,13 @@ def test_verdicts_on_both_scores_and_whether_a_check_bears_them_out():
     assert giml.outcome(verdict["identified"][0]) == "ahead" and verdict["identified"][1].endswith("GIAS (GIML) wins")
     assert giml.outcome(verdict["psnr"][0]) == "no clear winner"  # 0.5 dB behind: inside the 1 dB margin
     assert giml.target_met(tally) == (True, pytest.approx(0.20833, abs=1e-4), 0.0)
-    ahead, behind, level = (stats.paired(x, y, margin=0.05) for x, y in
-                            (([0.8, 0.9], [0.5, 0.6]), ([0.5, 0.6], [0.8, 0.9]), ([0.6, 0.55], [0.5, 0.6])))
+    ahead, behind, level = (
+        stats.paired(x, y, margin=0.05)
+        for x, y in (([0.8, 0.9], [0.5, 0.6]), ([0.5, 0.6], [0.8, 0.9]), ([0.6, 0.55], [0.5, 0.6]))
+    )
     assert giml.still_holds(ahead, ahead) and not giml.still_holds(ahead, level)
     assert not giml.still_holds(behind, ahead)
-    assert giml.still_holds(level, level) and giml.still_holds(level, ahead)  # level with a gap of +2.5 points: ahead sharpens it
+    assert giml.still_holds(level, level) and giml.still_holds(
+        level, ahead
+    )  # level with a gap of +2.5 points: ahead sharpens it
     assert not giml.still_holds(level, behind)  # ... and behind contradicts its direction

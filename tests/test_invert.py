@@ -1,4 +1,5 @@
 """gi_tutorial.invert: the reconstruction loop (DLG end to end, restarts, history, errors, divergence)."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ def dlg(cifar_image):
     model = models.build_model("lenet")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     update = fl.client_update(model, x, y)  # batch size shared, labels not: iDLG recovers them
-    rec = invert.reconstruct(update, model, pixels(box=None), optimizer=invert.LBFGS(1.0), restarts=2, num_iters=60,
-                             seed=0)
+    rec = invert.reconstruct(
+        update, model, pixels(box=None), optimizer=invert.LBFGS(1.0), restarts=2, num_iters=60, seed=0
+    )
     return dict(x=x, y=y, model=model, before=before, update=update, rec=rec)
 
 
@@ -102,8 +104,16 @@ def test_history_every_is_respected(lenet_update):
 def test_adam_with_cosine_and_tv_reduces_the_loss(lenet_update):
     """The Inverting-Gradients configuration runs and descends (signed Adam, step decay, TV)."""
     model, update = lenet_update
-    rec = invert.reconstruct(update, model, pixels(), distance="cosine", optimizer=invert.Adam(0.05, signed=True, decay=True),
-                             priors=[priors.TotalVariation(1e-2)], num_iters=20, seed=3)
+    rec = invert.reconstruct(
+        update,
+        model,
+        pixels(),
+        distance="cosine",
+        optimizer=invert.Adam(0.05, signed=True, decay=True),
+        priors=[priors.TotalVariation(1e-2)],
+        num_iters=20,
+        seed=3,
+    )
     losses = rec.trials[0].losses
     assert len(losses) == 20 and losses[-1] < losses[0]
     assert 0.0 <= rec.images.min() and rec.images.max() <= 1.0  # the pixel space keeps its box by default
@@ -145,14 +155,17 @@ def test_space_with_the_wrong_batch_size_is_rejected(lenet_update):
         invert.reconstruct(update, model, spaces.PixelSpace((2, *IMAGE_SHAPE)), num_iters=1)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(optimizer="lbfgs"), r"invert.Adam\(...\) or invert.LBFGS"),
-    (dict(optimizer=invert.LBFGS()), "box=None"),  # L-BFGS on the boxed pixel space: its curvature pairs break
-    (dict(num_iters=0), "at least 1"),
-    (dict(restarts=0), "at least 1"),
-    (dict(labels=torch.tensor([1, 2])), r"labels must have shape \(1,\)"),
-    (dict(distance="l1"), "unknown gradient distance"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(optimizer="lbfgs"), r"invert.Adam\(...\) or invert.LBFGS"),
+        (dict(optimizer=invert.LBFGS()), "box=None"),  # L-BFGS on the boxed pixel space: its curvature pairs break
+        (dict(num_iters=0), "at least 1"),
+        (dict(restarts=0), "at least 1"),
+        (dict(labels=torch.tensor([1, 2])), r"labels must have shape \(1,\)"),
+        (dict(distance="l1"), "unknown gradient distance"),
+    ],
+)
 def test_bad_options_are_rejected(lenet_update, kwargs, match):
     model, update = lenet_update
     with pytest.raises(ValueError, match=match):
@@ -175,8 +188,9 @@ def test_dlg_needs_the_unboxed_space_on_a_held_out_image():
     x, y = images[17:18], labels[17:18]  # measured: 55.8 dB after 100 steps (about 13 s on one thread)
     model = models.build_model("lenet", seed=17)
     update = fl.client_update(model, x, y)
-    rec = invert.reconstruct(update, model, pixels(box=None), optimizer=invert.LBFGS(1.0), num_iters=100,
-                             progress=False)
+    rec = invert.reconstruct(
+        update, model, pixels(box=None), optimizer=invert.LBFGS(1.0), num_iters=100, progress=False
+    )
     assert metrics.evaluate(rec.images, x).psnr.item() > 30.0
     with pytest.raises(ValueError, match=r"PixelSpace\(shape, box=None\)"):
         invert.reconstruct(update, model, pixels(), optimizer=invert.LBFGS(1.0), num_iters=1)
@@ -242,12 +256,20 @@ def test_train_mode_batchnorm_statistics_are_put_back_even_after_an_error(random
             raise RuntimeError("a prior failed")
         return images.sum() * 0
 
-    invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), num_iters=2, optimizer=invert.Adam(0.01),
-                       progress=False)
+    invert.reconstruct(
+        update, model, spaces.PixelSpace((2, 1, 32, 32)), num_iters=2, optimizer=invert.Adam(0.01), progress=False
+    )
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     with pytest.raises(RuntimeError, match="a prior failed"):
-        invert.reconstruct(update, model, spaces.PixelSpace((2, 1, 32, 32)), priors=[watcher], num_iters=5,
-                           optimizer=invert.Adam(0.01), progress=False)
+        invert.reconstruct(
+            update,
+            model,
+            spaces.PixelSpace((2, 1, 32, 32)),
+            priors=[watcher],
+            num_iters=5,
+            optimizer=invert.Adam(0.01),
+            progress=False,
+        )
     assert any(moved)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
     assert all(p.grad is None for p in model.parameters())
@@ -257,8 +279,15 @@ def test_train_mode_batchnorm_statistics_are_put_back_even_after_an_error(random
 def test_a_diverging_run_is_marked_and_returns_finite_images(lenet_update, weight):
     """A prior of infinite (or NaN) weight makes the loss non-finite at the first step, every time."""
     model, update = lenet_update
-    rec = invert.reconstruct(update, model, pixels(), priors=[priors.TotalVariation(weight)],
-                             optimizer=invert.Adam(0.1), num_iters=5, restarts=2)
+    rec = invert.reconstruct(
+        update,
+        model,
+        pixels(),
+        priors=[priors.TotalVariation(weight)],
+        optimizer=invert.Adam(0.1),
+        num_iters=5,
+        restarts=2,
+    )
     assert all(t.diverged for t in rec.trials)
     assert all(t.losses == [] and t.state == {} for t in rec.trials)
     assert torch.isfinite(rec.images).all()
@@ -365,8 +394,14 @@ def test_gias_says_when_every_latent_restart_diverged():
         return images.sum() * float("nan")
 
     with pytest.raises(invert.DivergedError, match="diverged"):
-        invert.gias(update, model, generator, latent=invert.Stage(2, 0.1, restarts=2, priors=(nan_prior,)),
-                    weights=invert.Stage(2, 3e-4), progress=False)
+        invert.gias(
+            update,
+            model,
+            generator,
+            latent=invert.Stage(2, 0.1, restarts=2, priors=(nan_prior,)),
+            weights=invert.Stage(2, 3e-4),
+            progress=False,
+        )
 
 
 def test_inputs_that_do_not_fit_the_model_get_a_clear_error(lenet_update):
@@ -395,8 +430,9 @@ def test_a_generator_trained_on_data_needs_a_threat_model_with_surrogate_data():
     with pytest.raises(ValueError, match="surrogate data.*threat_model=threats.DATA_ENHANCED"):
         invert.reconstruct(update, model, spaces.LatentSpace(dcgan, 1), num_iters=1)
     with pytest.raises(ValueError, match="parameter-aware"):
-        invert.reconstruct(update, model, spaces.LatentSpace(dcgan, 1), num_iters=1,
-                           threat_model=threats.PARAMETER_AWARE)
+        invert.reconstruct(
+            update, model, spaces.LatentSpace(dcgan, 1), num_iters=1, threat_model=threats.PARAMETER_AWARE
+        )
     invert.reconstruct(update, model, spaces.LatentSpace(dcgan, 1), num_iters=1, threat_model=threats.DATA_ENHANCED)
     learned = generators.untrained_generator(0)
     learned.trained_on = "gradients"
@@ -410,5 +446,6 @@ def test_a_prior_that_needs_bn_statistics_is_refused_when_the_update_has_none(ra
     prior = priors.BNStatistics(1.0, shared.bn_statistics)
     invert.reconstruct(shared, model, spaces.PixelSpace((1, 1, 32, 32)), priors=[prior], num_iters=1)
     with pytest.raises(ValueError, match="BatchNorm statistics of the client's batch"):
-        invert.reconstruct(fl.client_update(model, x, y), model, spaces.PixelSpace((1, 1, 32, 32)), priors=[prior],
-                           num_iters=1)
+        invert.reconstruct(
+            fl.client_update(model, x, y), model, spaces.PixelSpace((1, 1, 32, 32)), priors=[prior], num_iters=1
+        )

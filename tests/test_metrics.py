@@ -1,4 +1,5 @@
 """gi_tutorial.metrics (PSNR, SSIM, matching, summaries, LPIPS) and the table helpers of gi_tutorial.viz."""
+
 from __future__ import annotations
 
 import math
@@ -70,7 +71,7 @@ def _reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
     Checked against scikit-image 0.26's structural_similarity: equal to 1e-12.
     """
     r = np.arange(11) - 5
-    k = np.exp(-r**2 / (2 * 1.5**2))
+    k = np.exp(-(r**2) / (2 * 1.5**2))
     k /= k.sum()
 
     def filt(z):
@@ -90,7 +91,8 @@ _SSIM_BORDER_BUG = (
     "library issue: torchmetrics 1.9.0's structural_similarity_index_measure averages the SSIM map over the "
     "whole image, including the 5-pixel border computed on reflect-padded input; scikit-image and Wang et al. "
     "average over the valid region only (22x22 of 32x32 pixels). Differences reach ~0.006 (noisy images) "
-    "to ~0.02 (unrelated images)")
+    "to ~0.02 (unrelated images)"
+)
 
 
 @pytest.mark.xfail(strict=True, reason=_SSIM_BORDER_BUG)
@@ -112,9 +114,18 @@ def test_psnr_agrees_with_skimage(noisy_pair):
 def test_ssim_agrees_with_skimage(noisy_pair):
     skm = pytest.importorskip("skimage.metrics")
     y, x = noisy_pair
-    expected = [skm.structural_similarity(y[i].double().numpy(), x[i].double().numpy(), channel_axis=0,
-                                          gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)
-                for i in range(len(x))]
+    expected = [
+        skm.structural_similarity(
+            y[i].double().numpy(),
+            x[i].double().numpy(),
+            channel_axis=0,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1,
+        )
+        for i in range(len(x))
+    ]
     torch.testing.assert_close(metrics.ssim(y, x).double(), torch.tensor(expected).double(), atol=1e-3, rtol=0)
 
 
@@ -150,8 +161,12 @@ def test_evaluate_clamps_the_reconstruction():
 
 
 def test_summarize_caps_and_counts():
-    scores = metrics.Scores(psnr=torch.tensor([math.inf, 50.0, 35.0, 20.0]), ssim=torch.tensor([1.0, 0.9, 0.8, 0.5]),
-                            lpips=None, order=torch.arange(4))
+    scores = metrics.Scores(
+        psnr=torch.tensor([math.inf, 50.0, 35.0, 20.0]),
+        ssim=torch.tensor([1.0, 0.9, 0.8, 0.5]),
+        lpips=None,
+        order=torch.arange(4),
+    )
     summary = metrics.summarize(scores)
     assert summary["psnr"] == pytest.approx((100 + 50 + 35 + 20) / 4)  # an exact copy counts as 100 dB
     assert summary["psnr_capped"] == pytest.approx((40 + 40 + 35 + 20) / 4)
@@ -190,7 +205,6 @@ def test_alexnet_checkpoint_path(tmp_path):
     assert metrics.alexnet_checkpoint_path(tmp_path) == tmp_path / "alexnet-owt-7be5be79.pth"
 
 
-
 @pytest.fixture(scope="module")
 def stand_in_alexnet(tmp_path_factory):
     """A randomly initialised AlexNet saved under the real file name (233 MB): the right format, the wrong hash."""
@@ -225,9 +239,13 @@ def test_lpips_with_a_stand_in_backbone(stand_in_alexnet):
 
 
 def test_markdown_table_renders_none_as_not_computed():
-    rows = [{"method": "DLG", "psnr": 31.234, "lpips": None, "iters": 7}, {"method": "IG", "psnr": math.inf, "lpips": 0.25}]
-    table = viz.markdown_table(rows, {"method": "Method", "psnr": "PSNR", "lpips": "LPIPS", "iters": "Iterations"},
-                               formats={"iters": "{:d}"})
+    rows = [
+        {"method": "DLG", "psnr": 31.234, "lpips": None, "iters": 7},
+        {"method": "IG", "psnr": math.inf, "lpips": 0.25},
+    ]
+    table = viz.markdown_table(
+        rows, {"method": "Method", "psnr": "PSNR", "lpips": "LPIPS", "iters": "Iterations"}, formats={"iters": "{:d}"}
+    )
     lines = table.data.splitlines()
     assert lines[0] == "| Method | PSNR | LPIPS | Iterations |"
     assert lines[1] == "|---|---|---|---|"

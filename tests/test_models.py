@@ -1,4 +1,5 @@
 """gi_tutorial.models: every victim builds, is deterministic per seed, and has the documented shape."""
+
 from __future__ import annotations
 
 import pytest
@@ -119,8 +120,9 @@ def test_models_record_what_they_accept(name, channels):
     assert model.image_size == (None if name in ("convnet_gap", "resnet18") else 32)
 
 
-@pytest.mark.parametrize("kwargs", [{"in_channels": 0}, {"in_channels": -1}, {"in_channels": 1.5}, {"in_channels": True},
-                                    {"num_classes": 0}])
+@pytest.mark.parametrize(
+    "kwargs", [{"in_channels": 0}, {"in_channels": -1}, {"in_channels": 1.5}, {"in_channels": True}, {"num_classes": 0}]
+)
 def test_build_model_rejects_bad_sizes(kwargs):
     arg = next(iter(kwargs))
     with pytest.raises(ValueError, match=f"{arg} must be a positive integer, got {kwargs[arg]!r}"):

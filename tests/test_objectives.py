@@ -1,4 +1,5 @@
 """gi_tutorial.objectives and gi_tutorial.priors: gradient distances and total variation."""
+
 from __future__ import annotations
 
 import math
@@ -25,7 +26,9 @@ def test_cosine_by_hand():
     assert gradient_distance(C, T, "cosine").item() == pytest.approx(1 - 7 / math.sqrt(70), abs=1e-6)
     # opposite directions: distance 2; orthogonal: 1
     assert gradient_distance(C, [-x for x in C], "cosine").item() == pytest.approx(2.0, abs=1e-6)
-    assert gradient_distance([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 5.0])], "cosine").item() == pytest.approx(1.0)
+    assert gradient_distance([torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 5.0])], "cosine").item() == pytest.approx(
+        1.0
+    )
 
 
 def test_cosine_is_scale_invariant_and_l2_is_not():
@@ -37,7 +40,9 @@ def test_cosine_is_scale_invariant_and_l2_is_not():
     for scale in (1e-3, 0.5, 7.0, 1e3):
         assert gradient_distance(c, [scale * x for x in t], "cosine").item() == pytest.approx(base, abs=1e-5)
         assert gradient_distance([scale * x for x in c], t, "cosine").item() == pytest.approx(base, abs=1e-5)
-    assert gradient_distance(c, [7.0 * x for x in t], "l2").item() != pytest.approx(gradient_distance(c, t, "l2").item())
+    assert gradient_distance(c, [7.0 * x for x in t], "l2").item() != pytest.approx(
+        gradient_distance(c, t, "l2").item()
+    )
 
 
 @pytest.mark.parametrize("kind", ["l2", "cosine"])
@@ -54,9 +59,13 @@ def test_layer_weights_select_and_weigh_layers():
     # cosine on the second layer only: [3] vs [1] point the same way
     assert gradient_distance(C, T, "cosine", layer_weights=[0, 1]).item() == pytest.approx(0.0, abs=1e-6)
     # first layer only: <[1,2],[0,2]> = 4, |c|^2 = 5, |t|^2 = 4
-    assert gradient_distance(C, T, "cosine", layer_weights=[1, 0]).item() == pytest.approx(1 - 4 / math.sqrt(20), abs=1e-6)
+    assert gradient_distance(C, T, "cosine", layer_weights=[1, 0]).item() == pytest.approx(
+        1 - 4 / math.sqrt(20), abs=1e-6
+    )
     # weights within the cosine: <.> = 2*4 + 1*3, |c|^2 = 2*5 + 9, |t|^2 = 2*4 + 1
-    assert gradient_distance(C, T, "cosine", layer_weights=[2, 1]).item() == pytest.approx(1 - 11 / math.sqrt(19 * 9), abs=1e-6)
+    assert gradient_distance(C, T, "cosine", layer_weights=[2, 1]).item() == pytest.approx(
+        1 - 11 / math.sqrt(19 * 9), abs=1e-6
+    )
 
 
 def test_a_zero_weighted_layer_may_even_hold_nan():

@@ -1,4 +1,5 @@
 """gi_tutorial.priors: the BatchNorm statistics prior (Yin et al., 2021), alone and in the loop."""
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,9 @@ def test_prior_is_positive_elsewhere_and_scales_with_its_weight(bn_setting):
         context = recorded_statistics(model, candidate, y)
         value = BNStatistics(1.0, update.bn_statistics)(candidate, context).item()
         assert value > 1e-3, name
-        assert BNStatistics(0.5, update.bn_statistics)(candidate, context).item() == pytest.approx(0.5 * value, rel=1e-6)
+        assert BNStatistics(0.5, update.bn_statistics)(candidate, context).item() == pytest.approx(
+            0.5 * value, rel=1e-6
+        )
     # m_1 weighs the first layer: with it at 0, only the second layer counts
     context = recorded_statistics(model, candidates["noise"], y)
     full = BNStatistics(1.0, update.bn_statistics)(candidates["noise"], context).item()
@@ -99,8 +102,15 @@ def test_a_model_without_batchnorm_is_a_clear_error(bn_setting, lenet):
     # the same error through the loop: LeNet has no BatchNorm layer to record
     lenet_update = fl.client_update(lenet, x, y, share_labels=True)
     with pytest.raises(ValueError, match="recorded 0 BatchNorm layers"):
-        invert.reconstruct(lenet_update, lenet, spaces.PixelSpace((len(x), *IMAGE_SHAPE)), priors=[prior], num_iters=1,
-                           threat_model=threats.STATISTICS_INFORMED, progress=False)
+        invert.reconstruct(
+            lenet_update,
+            lenet,
+            spaces.PixelSpace((len(x), *IMAGE_SHAPE)),
+            priors=[prior],
+            num_iters=1,
+            threat_model=threats.STATISTICS_INFORMED,
+            progress=False,
+        )
 
 
 def test_statistics_of_another_model_are_a_clear_error(bn_setting):
@@ -126,9 +136,17 @@ def with_and_without_bn(bn_setting):
     model, x, y, update = bn_setting
     results = {}
     for name, prior_list in (("none", []), ("bn", [BNStatistics(0.01, update.bn_statistics)])):
-        rec = invert.reconstruct(update, model, spaces.PixelSpace((len(x), *IMAGE_SHAPE)), priors=prior_list,
-                                 distance="cosine", optimizer=invert.Adam(0.1, signed=True, decay=True), num_iters=300,
-                                 seed=0, progress=False)
+        rec = invert.reconstruct(
+            update,
+            model,
+            spaces.PixelSpace((len(x), *IMAGE_SHAPE)),
+            priors=prior_list,
+            distance="cosine",
+            optimizer=invert.Adam(0.1, signed=True, decay=True),
+            num_iters=300,
+            seed=0,
+            progress=False,
+        )
         results[name] = rec
     return results
 
@@ -140,7 +158,8 @@ def test_bn_prior_improves_the_reconstruction(bn_setting, with_and_without_bn):
     assert psnr["bn"] > psnr["none"] + 1.0, psnr
     assert psnr["bn"] > 21.0, psnr
     # and it does what it says: the reconstruction's statistics are closer to the client's
-    distance = {k: bn_statistics_distance(recorded_statistics(model, r.images, y).bn_statistics,
-                                          update.bn_statistics).item()
-                for k, r in with_and_without_bn.items()}
+    distance = {
+        k: bn_statistics_distance(recorded_statistics(model, r.images, y).bn_statistics, update.bn_statistics).item()
+        for k, r in with_and_without_bn.items()
+    }
     assert distance["bn"] < 0.5 * distance["none"], distance

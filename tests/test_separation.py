@@ -1,4 +1,5 @@
 """gi_tutorial.separation: the Cocktail Party Attack (ICA on a fully connected layer's weight gradient)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -77,8 +78,11 @@ def test_unmixing_recovers_a_batch_of_16(empty_root):
     # measured: mean 27.7 dB, SSIM 0.952, worst image 20.9 dB; the top 16 rows alone give 14.4 dB
     assert scores.psnr.mean() > 24.0
     assert scores.ssim.mean() > 0.9
-    assert scores.psnr.mean() > metrics.evaluate(analytic_baseline(attack["weight_grad"], attack["bias_grad"], 16),
-                                                 attack["x"]).psnr.mean() + 8
+    assert (
+        scores.psnr.mean()
+        > metrics.evaluate(analytic_baseline(attack["weight_grad"], attack["bias_grad"], 16), attack["x"]).psnr.mean()
+        + 8
+    )
 
 
 def test_one_image_is_recovered_exactly(cifar_image):

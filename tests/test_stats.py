@@ -1,4 +1,5 @@
 """gi_tutorial.stats: mean ± sd with ddof = 1, paired comparisons, the Tally accumulator."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """gi_tutorial.storage: hashes, shipped results with provenance."""
+
 from __future__ import annotations
 
 import json
