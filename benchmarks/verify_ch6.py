@@ -9,7 +9,7 @@ setting "stopped" when the strongest attack identifies no more images than the b
 two no-gradient floors, beyond a 5-point margin (:func:`gi_tutorial.defenses.audit`):
 
 - central DP-FedAvg, the server's view (the clipped update it held before its own noise);
-- local Gaussian noise at z = 0.003, 0.01 and 0.03 (the client's own noise);
+- local Gaussian noise at z = 0.01, 0.03 and 0.1 (the client's own noise);
 - DP-SGD (Opacus, per-example clip C = 1) at z = 0.3 and 1;
 
 and, from those, the noise from which on GI-x and GIAS stay stopped, and their ratio. This
@@ -36,7 +36,7 @@ from gi_tutorial import attacks, config, data, defenses, fl, generators, models,
 from gi_tutorial import yardstick as yardsticks  # noqa: E402
 
 BATCH, CLIP = 4, 1.0  # the chapter's: victim A, batch 4, S = C = 1
-LOCAL_LEVELS = (0.003, 0.01, 0.03)
+LOCAL_LEVELS = (0.01, 0.03, 0.1)
 SGD_LEVELS = (0.3, 1.0)
 CHAPTER = {"first_image": 1500, "seeds": (0, 1, 2)}
 HELD_OUT = {"first_image": 6000, "seeds": (10, 11, 12)}
@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         found = {name: defenses.audit(t, option=option) for name, t in tallies.items()}
         holds = found["chapter"].stopped == found["held out"].stopped
         failed += not holds
-        print(f"\n{option}: chapter {'stopped' if found['chapter'].stopped else 'NOT stopped'}, held out "
-              f"{'stopped' if found['held out'].stopped else 'NOT stopped'}: {'holds' if holds else 'DOES NOT HOLD'}")
+        print(f"\n{option}: chapter {'stopped' if found['chapter'].stopped else 'NOT stopped'} ({found['chapter'].state}), "
+              f"held out {'stopped' if found['held out'].stopped else 'NOT stopped'} ({found['held out'].state}): "
+              f"{'holds' if holds else 'DOES NOT HOLD'}")
         for name, t in tallies.items():
             scores = " | ".join(f"{m} {t.summary('identified', option=option, method=m).format('{:.0%}')}, "
                                 f"{t.summary('psnr', option=option, method=m).format('{:.1f}', ' dB', with_n=False)}"

@@ -685,6 +685,14 @@ class Audit:
     paired: dict
     sentences: dict
 
+    @property
+    def state(self) -> str:
+        """On identification: ``"at the floor"`` (stopped), ``"leaks"`` (the strongest attack wins the paired
+        comparison: ahead by more than the margin on average and in every update) or ``"unclear"`` (between)."""
+        if self.stopped:
+            return "at the floor"
+        return "leaks" if self.paired["identified"].holds else "unclear"
+
 
 def audit(tally: stats.Tally, attacks: Sequence[str] = ("GI-x", "GIAS"),
           floors: Sequence[str] = ("label only", "prior sample"), **where) -> Audit:
