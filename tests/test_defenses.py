@@ -520,6 +520,11 @@ def test_audit_stops_only_when_the_strongest_attack_is_at_the_floor():
     assert not defenses.audit(tally, z=0.01).stopped  # GI-x is at the floor, GIAS is not: the strongest decides
     assert defenses.audit(tally, ("GI-x",), z=0.01).stopped
     assert defenses.audit(tally, z=0.1).stopped  # 2 points ahead: within the 5-point margin
+    assert [defenses.audit(tally, z=z).state for z in (0.001, 0.1)] == ["leaks", "at the floor"]
+    uneven = _audit_tally({0.5: (0.0, 0.0)})
+    uneven.rows = [dict(r, identified=r["identified"] + 0.3) if (r["method"] == "GIAS" and r["seed"] == 0) else r
+                   for r in uneven.rows]  # ahead by 30 points in one update of three: 10 on average
+    assert defenses.audit(uneven, z=0.5).state == "unclear" and not defenses.audit(uneven, z=0.5).stopped
     gap = defenses.audit(tally, z=0.01).paired["identified"].gap
     assert gap.mean == pytest.approx(0.5) and gap.n == 3
     assert defenses.audit(tally, z=0.001).sentences["identified"].endswith("the strongest attack wins")
