@@ -19,6 +19,7 @@ end-to-end CNN on Fashion-MNIST, 86.0% at epsilon = 3. Needs both Fashion-MNIST 
 (``make data``). Runs on one thread; ``GI_TUTORIAL_QUICK=1`` runs every path on the 20
 shipped images in seconds (and writes nowhere unless ``--out`` is given).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,12 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gi_tutorial import config, private_training as pt, stats, storage  # noqa: E402
+from gi_tutorial import config, storage  # noqa: E402
+from gi_tutorial import private_training as pt
 
 DEFAULT_OUT = storage.RESULTS / "dp_utility.json"
 ANCHORS = [
-    {"source": "Tramèr & Boneh (2021), end-to-end CNN (tanh) on Fashion-MNIST", "epsilon": 3.0, "delta": 1e-5,
-     "accuracy": 0.860},
+    {
+        "source": "Tramèr & Boneh (2021), end-to-end CNN (tanh) on Fashion-MNIST",
+        "epsilon": 3.0,
+        "delta": 1e-5,
+        "accuracy": 0.860,
+    },
 ]
 
 
@@ -47,17 +53,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fed-epsilon", type=float, default=3.0)
     parser.add_argument("--fed-lr", type=float, default=None, help="server learning rate (default: the preset's)")
     parser.add_argument("--delta", type=float, default=1e-5)
-    parser.add_argument("--only", nargs="+", choices=["dp_sgd", "live", "dp_fedavg"],
-                        default=["dp_sgd", "live", "dp_fedavg"])
-    parser.add_argument("--out", type=Path, default=None, help=f"results file (default {DEFAULT_OUT}; none in quick mode)")
+    parser.add_argument(
+        "--only", nargs="+", choices=["dp_sgd", "live", "dp_fedavg"], default=["dp_sgd", "live", "dp_fedavg"]
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help=f"results file (default {DEFAULT_OUT}; none in quick mode)"
+    )
     args = parser.parse_args(argv)
     threads = config.set_threads()
     quick = config.is_quick()
     out = args.out if args.out is not None else (None if quick else DEFAULT_OUT)
     train, test, source = pt.load_splits()
-    sgd = {"private": pt.QUICK_SGD if quick else pt.PRESETS["dp_sgd"],
-           "none": pt.QUICK_SGD if quick else pt.PRESETS["non_private"],
-           "live": pt.QUICK_SGD if quick else pt.PRESETS["live"]}
+    sgd = {
+        "private": pt.QUICK_SGD if quick else pt.PRESETS["dp_sgd"],
+        "none": pt.QUICK_SGD if quick else pt.PRESETS["non_private"],
+        "live": pt.QUICK_SGD if quick else pt.PRESETS["live"],
+    }
     fed = pt.QUICK_FED if quick else pt.PRESETS["dp_fedavg"]
     if args.fed_lr is not None:
         fed = replace(fed, server_lr=args.fed_lr)
@@ -68,38 +79,75 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(experiment: str, settings, result: pt.TrainResult, **extra) -> None:
         runs.append({"experiment": experiment, **extra, "settings": asdict(settings), **result.to_dict()})
-        print(f"{experiment:10s} {extra} seed {result.seed}: accuracy {result.accuracy:.4f}, "
-              f"epsilon {result.epsilon:.3f}, z {result.noise_multiplier:.3f}, {result.cpu_seconds:.0f} s CPU",
-              flush=True)
+        print(
+            f"{experiment:10s} {extra} seed {result.seed}: accuracy {result.accuracy:.4f}, "
+            f"epsilon {result.epsilon:.3f}, z {result.noise_multiplier:.3f}, {result.cpu_seconds:.0f} s CPU",
+            flush=True,
+        )
 
     for seed in args.seeds:
         if "dp_sgd" in args.only:
             for eps in args.epsilons:
                 settings = sgd["private"] if math.isfinite(eps) else sgd["none"]
-                record("dp_sgd", settings, pt.train_dp_sgd(train, test, target_epsilon=eps, delta=args.delta,
-                                                           settings=settings, seed=seed), target_epsilon=eps)
+                record(
+                    "dp_sgd",
+                    settings,
+                    pt.train_dp_sgd(train, test, target_epsilon=eps, delta=args.delta, settings=settings, seed=seed),
+                    target_epsilon=eps,
+                )
         if "live" in args.only:
-            record("live", sgd["live"], pt.train_dp_sgd(train, test, target_epsilon=3.0, delta=args.delta,
-                                                        settings=sgd["live"], seed=seed), target_epsilon=3.0)
+            record(
+                "live",
+                sgd["live"],
+                pt.train_dp_sgd(train, test, target_epsilon=3.0, delta=args.delta, settings=sgd["live"], seed=seed),
+                target_epsilon=3.0,
+            )
         if "dp_fedavg" in args.only:
             for m in per_round:
                 for eps in (args.fed_epsilon, math.inf):
-                    record("dp_fedavg", fed, pt.train_dp_fedavg(train, test, clients_per_round=m, target_epsilon=eps,
-                                                                delta=args.delta, settings=fed, seed=seed),
-                           target_epsilon=eps, clients_per_round=m, num_clients=num_clients)
+                    record(
+                        "dp_fedavg",
+                        fed,
+                        pt.train_dp_fedavg(
+                            train,
+                            test,
+                            clients_per_round=m,
+                            target_epsilon=eps,
+                            delta=args.delta,
+                            settings=fed,
+                            seed=seed,
+                        ),
+                        target_epsilon=eps,
+                        clients_per_round=m,
+                        num_clients=num_clients,
+                    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     results = {"runs": runs, "anchors": ANCHORS}
     for row in pt.summarize(results):
         print(row["label"], row["accuracy"].format("{:.2%}"), f"(epsilon spent {row['epsilon']:.3g})")
     print(f"{len(runs)} runs in {seconds:.0f} s ({cpu_seconds:.0f} s CPU) on {threads} thread(s)")
     if out is not None:
-        command = "python benchmarks/dp_utility.py" + ("" if argv is None and len(sys.argv) == 1 else
-                                                       " " + " ".join(sys.argv[1:] if argv is None else argv))
-        storage.save_results(out, results, command=command, seeds=args.seeds, data=source,
-                             epochs={"dp_sgd": sgd["private"].epochs, "non_private": sgd["none"].epochs,
-                                     "live": sgd["live"].epochs, "dp_fedavg_rounds": fed.rounds},
-                             seconds=round(seconds, 1), cpu_seconds=round(cpu_seconds, 1), threads=threads,
-                             delta=args.delta, quick=quick)
+        command = "python benchmarks/dp_utility.py" + (
+            "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+        )
+        storage.save_results(
+            out,
+            results,
+            command=command,
+            seeds=args.seeds,
+            data=source,
+            epochs={
+                "dp_sgd": sgd["private"].epochs,
+                "non_private": sgd["none"].epochs,
+                "live": sgd["live"].epochs,
+                "dp_fedavg_rounds": fed.rounds,
+            },
+            seconds=round(seconds, 1),
+            cpu_seconds=round(cpu_seconds, 1),
+            threads=threads,
+            delta=args.delta,
+            quick=quick,
+        )
         print(f"wrote {out}")
     return 0
 

@@ -27,6 +27,7 @@ z = 0.03 leaks / unclear; z = 0.1 at the floor / unclear; DP-SGD z = 0.3 and 1 u
 floor; both sets stop GI-x and GIAS from z = 0.1 (factor 1 on this grid).
 About 9 minutes on one core (18 battery runs per set).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,28 +63,51 @@ def run_set(first: int, seeds, images, labels, quick: bool, G, stick, tally: sta
     recipes = attacks.battery("ch6", methods=("GI-x", "GI-z", "GIAS"))
     for k, seed in enumerate(seeds):
         lo = first + BATCH * k
-        x, y = images[lo:lo + BATCH], labels[lo:lo + BATCH]
+        x, y = images[lo : lo + BATCH], labels[lo : lo + BATCH]
         victim = models.build_model("convnet_fc", in_channels=1, seed=seed)
         clean = fl.client_update(victim, x, y, share_labels=True)
         for option in options(quick):
             if option == "central":
                 crowd_first = 0 if quick else first + 100 + 20 * k  # quick: shipped images no group uses
-                crowd = [fl.client_update(victim, images[j:j + BATCH], labels[j:j + BATCH])
-                         for j in range(crowd_first, crowd_first + BATCH * others, BATCH)]
-                update = defenses.dp_fedavg([clean, *crowd], CLIP, 1.0, torch.Generator().manual_seed(100 + seed)).received[0]
+                crowd = [
+                    fl.client_update(victim, images[j : j + BATCH], labels[j : j + BATCH])
+                    for j in range(crowd_first, crowd_first + BATCH * others, BATCH)
+                ]
+                update = defenses.dp_fedavg(
+                    [clean, *crowd], CLIP, 1.0, torch.Generator().manual_seed(100 + seed)
+                ).received[0]
             elif isinstance(option, float):
                 update = defenses.local_gaussian(clean, CLIP, option, torch.Generator().manual_seed(1000 + seed))
             else:
                 z = float(option.split()[1])
-                update = defenses.dp_sgd_update(victim, x, y, clip_norm=CLIP, noise_multiplier=z,
-                                                generator=torch.Generator().manual_seed(2000 + seed), share_labels=True)
-            attacks.run_battery(update, victim, recipes, truth=x, truth_labels=y, yardstick=stick,
-                                generators={"dcgan": G}, tally=tally, seed=seed, option=option)
+                update = defenses.dp_sgd_update(
+                    victim,
+                    x,
+                    y,
+                    clip_norm=CLIP,
+                    noise_multiplier=z,
+                    generator=torch.Generator().manual_seed(2000 + seed),
+                    share_labels=True,
+                )
+            attacks.run_battery(
+                update,
+                victim,
+                recipes,
+                truth=x,
+                truth_labels=y,
+                yardstick=stick,
+                generators={"dcgan": G},
+                tally=tally,
+                seed=seed,
+                option=option,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="quick budgets: a smoke test of every code path (proves nothing)")
+    parser.add_argument(
+        "--quick", action="store_true", help="quick budgets: a smoke test of every code path (proves nothing)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         os.environ[config.QUICK_ENV] = "1"
@@ -94,37 +118,49 @@ def main(argv: list[str] | None = None) -> int:
     sets = {"chapter": CHAPTER, "held out": HELD_OUT}
     if quick:  # the 20 shipped images: 2 groups each, crowds from the same images
         sets = {"chapter": {"first_image": 6, "seeds": (0, 1)}, "held out": {"first_image": 14, "seeds": (10, 11)}}
-    used = torch.cat([images[s["first_image"]:s["first_image"] + BATCH * len(s["seeds"])] for s in sets.values()])
+    used = torch.cat([images[s["first_image"] : s["first_image"] + BATCH * len(s["seeds"])] for s in sets.values()])
     stick = yardsticks.fashion_mnist(exclude=used, score="ssim")
     tallies, start = {}, time.perf_counter()
     for name, s in sets.items():
         tallies[name] = stats.Tally(("option", "seed", "method"))
-        run_set(s["first_image"], s["seeds"], images, labels, quick, G, stick, tallies[name], others=1 if quick else OTHERS)
+        run_set(
+            s["first_image"], s["seeds"], images, labels, quick, G, stick, tallies[name], others=1 if quick else OTHERS
+        )
     seconds = time.perf_counter() - start
-    print(f"chapter 6: the chapter's cases (test images {sets['chapter']['first_image']}+, seeds "
-          f"{list(sets['chapter']['seeds'])}) and held-out ones (test images {sets['held out']['first_image']}+, seeds "
-          f"{list(sets['held out']['seeds'])}), victim A, batch {BATCH}; {seconds:.0f} s")
+    print(
+        f"chapter 6: the chapter's cases (test images {sets['chapter']['first_image']}+, seeds "
+        f"{list(sets['chapter']['seeds'])}) and held-out ones (test images {sets['held out']['first_image']}+, seeds "
+        f"{list(sets['held out']['seeds'])}), victim A, batch {BATCH}; {seconds:.0f} s"
+    )
     failed = 0
     for option in options(quick):
         found = {name: defenses.audit(t, option=option) for name, t in tallies.items()}
         states = {found["chapter"].state, found["held out"].state}
         holds = len(states) == 1 or "unclear" in states  # only opposite clear states ("leaks", "at the floor") fail
         failed += not holds
-        print(f"\n{option}: chapter {'stopped' if found['chapter'].stopped else 'NOT stopped'} ({found['chapter'].state}), "
-              f"held out {'stopped' if found['held out'].stopped else 'NOT stopped'} ({found['held out'].state}): "
-              f"{'holds' if holds else 'DOES NOT HOLD'}; stopped {'agrees' if found['chapter'].stopped == found['held out'].stopped else 'differs'}")
+        print(
+            f"\n{option}: chapter {'stopped' if found['chapter'].stopped else 'NOT stopped'} ({found['chapter'].state}), "
+            f"held out {'stopped' if found['held out'].stopped else 'NOT stopped'} ({found['held out'].state}): "
+            f"{'holds' if holds else 'DOES NOT HOLD'}; stopped {'agrees' if found['chapter'].stopped == found['held out'].stopped else 'differs'}"
+        )
         for name, t in tallies.items():
-            scores = " | ".join(f"{m} {t.summary('identified', option=option, method=m).format('{:.0%}')}, "
-                                f"{t.summary('psnr', option=option, method=m).format('{:.1f}', ' dB', with_n=False)}"
-                                for m in ("GI-x", "GIAS", *FLOORS))
-            print(f"  {name:9s} {scores}\n            identified: {found[name].sentences['identified']}\n"
-                  f"            PSNR: {found[name].sentences['psnr']}")
+            scores = " | ".join(
+                f"{m} {t.summary('identified', option=option, method=m).format('{:.0%}')}, "
+                f"{t.summary('psnr', option=option, method=m).format('{:.1f}', ' dB', with_n=False)}"
+                for m in ("GI-x", "GIAS", *FLOORS)
+            )
+            print(
+                f"  {name:9s} {scores}\n            identified: {found[name].sentences['identified']}\n"
+                f"            PSNR: {found[name].sentences['psnr']}"
+            )
     local = [o for o in options(quick) if isinstance(o, float)]
     for name, t in tallies.items():
         stop = {m: defenses.stopping_level(t, m, local, key="option") for m in ("GI-x", "GIAS")}
-        factor = (f"{stop['GIAS'] / stop['GI-x']:.3g}" if None not in stop.values() else "not measured")
-        print(f"\n{name}: local noise stops GI-x from z = {stop['GI-x']}, GIAS from z = {stop['GIAS']} "
-              f"(None: not within z <= {local[-1]:g}); factor GIAS / GI-x: {factor} (printed, not enforced)")
+        factor = f"{stop['GIAS'] / stop['GI-x']:.3g}" if None not in stop.values() else "not measured"
+        print(
+            f"\n{name}: local noise stops GI-x from z = {stop['GI-x']}, GIAS from z = {stop['GIAS']} "
+            f"(None: not within z <= {local[-1]:g}); factor GIAS / GI-x: {factor} (printed, not enforced)"
+        )
     print(f"\nchapter 6: {'every verdict holds' if not failed else f'{failed} verdicts do not hold'}")
     return 1 if failed else 0
 

@@ -40,14 +40,16 @@ the strongest attack against the best no-gradient floor, update by update, on th
 identification score and on PSNR, with chapter 7's margins; :func:`stopping_level` is the
 smallest tested noise from which on an attack stays stopped.
 """
+
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
@@ -112,12 +114,16 @@ def clip(update: SharedUpdate, max_norm: float) -> SharedUpdate:
     _check_non_negative("clip bound", max_norm)
     norm = float(global_norm(update.gradients))
     factor = min(1.0, max_norm / norm) if norm > 0 else 1.0
-    return _with(update, tuple(g * factor for g in update.gradients),
-                 DefenseRecord("clip", {"max_norm": float(max_norm), "norm_before": norm, "factor": factor}))
+    return _with(
+        update,
+        tuple(g * factor for g in update.gradients),
+        DefenseRecord("clip", {"max_norm": float(max_norm), "norm_before": norm, "factor": factor}),
+    )
 
 
-def local_gaussian(update: SharedUpdate, clip_norm: float, noise_multiplier: float,
-                   generator: torch.Generator) -> SharedUpdate:
+def local_gaussian(
+    update: SharedUpdate, clip_norm: float, noise_multiplier: float, generator: torch.Generator
+) -> SharedUpdate:
     r"""Local noise: the client clips its update to ``S`` and adds :math:`\mathcal N(0, (zS)^2)` to every entry itself.
 
     .. math:: \tilde g = g \min\big(1, S/\lVert g\rVert\big) + \mathcal N\big(0, (zS)^2 I\big)
@@ -136,9 +142,15 @@ def local_gaussian(update: SharedUpdate, clip_norm: float, noise_multiplier: flo
     _check_non_negative("noise multiplier", noise_multiplier)
     clipped = clip(update, clip_norm)
     noised = add_noise(clipped, noise_multiplier * clip_norm, generator)
-    record = DefenseRecord("local_gaussian", {"clip": float(clip_norm), "noise_multiplier": float(noise_multiplier),
-                                              "sigma": float(noise_multiplier * clip_norm),
-                                              "factor": clipped.defense[-1].settings["factor"]})
+    record = DefenseRecord(
+        "local_gaussian",
+        {
+            "clip": float(clip_norm),
+            "noise_multiplier": float(noise_multiplier),
+            "sigma": float(noise_multiplier * clip_norm),
+            "factor": clipped.defense[-1].settings["factor"],
+        },
+    )
     return noised.replace(defense=tuple(update.defense) + (record,))
 
 
@@ -165,14 +177,22 @@ def _check_same_shapes(updates: Sequence[SharedUpdate]) -> None:
     for k, u in enumerate(updates):
         shapes = [g.shape for g in u.gradients]
         if shapes != reference:
-            raise ValueError(f"update {k} has gradient shapes {[tuple(s) for s in shapes]}, but update 0 has "
-                             f"{[tuple(s) for s in reference]}: the clients used different models")
+            raise ValueError(
+                f"update {k} has gradient shapes {[tuple(s) for s in shapes]}, but update 0 has "
+                f"{[tuple(s) for s in reference]}: the clients used different models"
+            )
         if not all(torch.isfinite(g).all() for g in u.gradients):
             raise ValueError(f"update {k} holds NaN or inf values: no sum can use it")
 
 
-def dp_fedavg(updates: Sequence[SharedUpdate], clip_norm: float, noise_multiplier: float,
-              generator: torch.Generator, *, expected_clients: float | None = None) -> CentralRound:
+def dp_fedavg(
+    updates: Sequence[SharedUpdate],
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+    *,
+    expected_clients: float | None = None,
+) -> CentralRound:
     r"""Central DP-FedAvg (McMahan et al., 2018): clip every update to ``S``, sum, add noise once, divide.
 
     .. math:: \bar g = \frac{1}{\hat m}\Big(\sum_{k} g_k \min\big(1, S/\lVert g_k\rVert\big) + \mathcal N\big(0, (zS)^2 I\big)\Big)
@@ -204,8 +224,10 @@ def dp_fedavg(updates: Sequence[SharedUpdate], clip_norm: float, noise_multiplie
             bound or noise multiplier, or ``expected_clients`` not positive.
     """
     if isinstance(updates, SharedUpdate):
-        raise ValueError("dp_fedavg takes a sequence of the round's updates (the server noises their sum); "
-                         "for noise that one client adds to its own update, use local_gaussian")
+        raise ValueError(
+            "dp_fedavg takes a sequence of the round's updates (the server noises their sum); "
+            "for noise that one client adds to its own update, use local_gaussian"
+        )
     if not updates:
         raise ValueError("dp_fedavg needs at least one client update")
     _check_non_negative("clip bound", clip_norm)
@@ -219,15 +241,27 @@ def dp_fedavg(updates: Sequence[SharedUpdate], clip_norm: float, noise_multiplie
     aggregate = dp_fedavg_stacked(stacked, clip_norm, noise_multiplier, generator, expected)
     sigma = noise_multiplier * clip_norm
     sizes = [u.batch_size for u in updates]
-    record = DefenseRecord("dp_fedavg", {"clip": float(clip_norm), "noise_multiplier": float(noise_multiplier),
-                                         "sigma": float(sigma), "clients": len(updates),
-                                         "expected_clients": expected})
+    record = DefenseRecord(
+        "dp_fedavg",
+        {
+            "clip": float(clip_norm),
+            "noise_multiplier": float(noise_multiplier),
+            "sigma": float(sigma),
+            "clients": len(updates),
+            "expected_clients": expected,
+        },
+    )
     released = SharedUpdate(gradients=aggregate, batch_size=None if None in sizes else sum(sizes), defense=(record,))
     return CentralRound(received=received, aggregate=released, noise_std=sigma / expected)
 
 
-def dp_fedavg_stacked(per_client: Sequence[torch.Tensor], clip_norm: float, noise_multiplier: float,
-                      generator: torch.Generator, expected_clients: float) -> tuple[torch.Tensor, ...]:
+def dp_fedavg_stacked(
+    per_client: Sequence[torch.Tensor],
+    clip_norm: float,
+    noise_multiplier: float,
+    generator: torch.Generator,
+    expected_clients: float,
+) -> tuple[torch.Tensor, ...]:
     """:func:`dp_fedavg`'s aggregate, for client updates stacked on dim 0 (training code; no records).
 
     ``per_client`` holds one tensor per parameter, ``(m, *shape)``, row ``k`` client ``k``'s
@@ -267,10 +301,12 @@ def prune(update: SharedUpdate, ratio: float) -> SharedUpdate:
 
 def compose(*defenses: Callable[[SharedUpdate], SharedUpdate]) -> Callable[[SharedUpdate], SharedUpdate]:
     """Apply several defenses in order (e.g. prune, then add noise)."""
+
     def apply(update: SharedUpdate) -> SharedUpdate:
         for defense in defenses:
             update = defense(update)
         return update
+
     return apply
 
 
@@ -335,8 +371,7 @@ def check_dp_compatible(model: nn.Module) -> None:
         if next(module.children(), None) is not None:
             continue  # check leaves, so that each problem is reported under its own layer's name
         for error in ModuleValidator.validate(module, strict=False):
-            problems.append(f"{name or type(module).__name__} ({type(module).__name__}): "
-                            f"{str(error).split('. ')[0]}")
+            problems.append(f"{name or type(module).__name__} ({type(module).__name__}): {str(error).split('. ')[0]}")
     if problems:
         raise ValueError("Opacus cannot compute per-example gradients for this model: " + "; ".join(problems))
 
@@ -375,9 +410,14 @@ def dp_sgd_update(
     local = copy.deepcopy(model)
     params = trainable_parameters(local)
     wrapped = GradSampleModule(local, loss_reduction="mean")
-    optimizer = DPOptimizer(torch.optim.SGD(params, lr=0.0), noise_multiplier=noise_multiplier,
-                            max_grad_norm=clip_norm, expected_batch_size=images.shape[0], loss_reduction="mean",
-                            generator=generator)
+    optimizer = DPOptimizer(
+        torch.optim.SGD(params, lr=0.0),
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=clip_norm,
+        expected_batch_size=images.shape[0],
+        loss_reduction="mean",
+        generator=generator,
+    )
     optimizer.zero_grad()
     with warnings.catch_warnings():  # Opacus's hooks fire on module outputs when the images need no gradient
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -385,13 +425,24 @@ def dp_sgd_update(
     optimizer.pre_step()  # clip, sum, noise, scale into p.grad; no step
     gradients = tuple(p.grad.detach().clone() for p in params)
     wrapped._close()
-    record = DefenseRecord("dp_sgd", {"clip": float(clip_norm), "noise_multiplier": float(noise_multiplier),
-                                      "sigma": float(noise_multiplier * clip_norm / images.shape[0])})
-    return SharedUpdate(gradients=gradients, batch_size=images.shape[0] if share_batch_size else None,
-                        labels=labels.detach().clone() if share_labels else None, defense=(record,))
+    record = DefenseRecord(
+        "dp_sgd",
+        {
+            "clip": float(clip_norm),
+            "noise_multiplier": float(noise_multiplier),
+            "sigma": float(noise_multiplier * clip_norm / images.shape[0]),
+        },
+    )
+    return SharedUpdate(
+        gradients=gradients,
+        batch_size=images.shape[0] if share_batch_size else None,
+        labels=labels.detach().clone() if share_labels else None,
+        defense=(record,),
+    )
 
 
 # --- accounting -------------------------------------------------------------------------
+
 
 def _check_sample_rate(q: float) -> None:
     if isinstance(q, bool) or not (isinstance(q, (int, float)) and 0 < q <= 1):
@@ -415,7 +466,8 @@ def _check_adjacency(adjacency: str, sample_rate: float) -> None:
         raise ValueError(
             f"replace-one adjacency is accounted here only without sampling (sample_rate = 1), got {sample_rate!r}: "
             "Opacus's accountants analyse Poisson sampling under add/remove adjacency. Use adjacency='add_remove' "
-            "for a sampled mechanism, or sample_rate=1 for an update the observer knows was sent")
+            "for a sampled mechanism, or sample_rate=1 for an update the observer knows was sent"
+        )
 
 
 def poisson_sample(population: int, sample_rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -460,8 +512,15 @@ def _accountant(name: Accountant):
     raise ValueError(f"accountant must be 'rdp' or 'prv', got {name!r}")
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float, *,
-            adjacency: Adjacency, accountant: Accountant = "rdp") -> float:
+def epsilon(
+    noise_multiplier: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    adjacency: Adjacency,
+    accountant: Accountant = "rdp",
+) -> float:
     r"""The ``epsilon`` of ``steps`` Poisson-subsampled Gaussian mechanisms, from an Opacus accountant.
 
     ``noise_multiplier`` ``z`` is the noise's standard deviation over the clip bound ``S``;
@@ -506,8 +565,15 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
         raise ValueError(f"the PRV accountant cannot discretise noise multiplier {z}: use accountant='rdp'") from error
 
 
-def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, delta: float, *,
-                         adjacency: Adjacency, accountant: Accountant = "rdp") -> float:
+def noise_multiplier_for(
+    target_epsilon: float,
+    sample_rate: float,
+    steps: int,
+    delta: float,
+    *,
+    adjacency: Adjacency,
+    accountant: Accountant = "rdp",
+) -> float:
     """The smallest noise multiplier whose :func:`epsilon` is at most ``target_epsilon`` (Opacus's search, to 0.01 in epsilon).
 
     The arguments mean what they mean for :func:`epsilon`; for ``"replace_one"`` the answer
@@ -527,11 +593,20 @@ def noise_multiplier_for(target_epsilon: float, sample_rate: float, steps: int, 
     _accountant(accountant)
     with _quiet_accountant():
         try:
-            z = float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
-                                           steps=steps, accountant=accountant))
+            z = float(
+                get_noise_multiplier(
+                    target_epsilon=target_epsilon,
+                    target_delta=delta,
+                    sample_rate=sample_rate,
+                    steps=steps,
+                    accountant=accountant,
+                )
+            )
         except ValueError as error:  # Opacus: "The privacy budget is too low."
-            raise ValueError(f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon!r} with delta {delta!r}, "
-                             f"q = {sample_rate!r} over {steps} steps: ask for a larger epsilon or delta") from error
+            raise ValueError(
+                f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon!r} with delta {delta!r}, "
+                f"q = {sample_rate!r} over {steps} steps: ask for a larger epsilon or delta"
+            ) from error
     return 2 * z if adjacency == "replace_one" else z
 
 
@@ -623,8 +698,14 @@ def central_epsilon(noise_multiplier: float, schedule: FLSchedule, *, accountant
     ``schedule.rounds``. It does not bind the server that adds the noise: that server held
     each clipped update before noising it.
     """
-    return epsilon(noise_multiplier, schedule.sample_rate, schedule.rounds, schedule.delta,
-                   adjacency="add_remove", accountant=accountant)
+    return epsilon(
+        noise_multiplier,
+        schedule.sample_rate,
+        schedule.rounds,
+        schedule.delta,
+        adjacency="add_remove",
+        accountant=accountant,
+    )
 
 
 def dp_sgd_epsilon(noise_multiplier: float, schedule: SGDSchedule, *, accountant: Accountant = "rdp") -> float:
@@ -636,8 +717,14 @@ def dp_sgd_epsilon(noise_multiplier: float, schedule: SGDSchedule, *, accountant
     ``schedule.steps`` noised steps. The server learns at most these steps (or a function
     of them), so the guarantee binds it too.
     """
-    return epsilon(noise_multiplier, schedule.sample_rate, schedule.steps, schedule.delta,
-                   adjacency="add_remove", accountant=accountant)
+    return epsilon(
+        noise_multiplier,
+        schedule.sample_rate,
+        schedule.steps,
+        schedule.delta,
+        adjacency="add_remove",
+        accountant=accountant,
+    )
 
 
 def describe_epsilon(eps: float, vacuous_above: float = VACUOUS_EPSILON) -> str:
@@ -694,8 +781,12 @@ class Audit:
         return "leaks" if self.paired["identified"].holds else "unclear"
 
 
-def audit(tally: stats.Tally, attacks: Sequence[str] = ("GI-x", "GIAS"),
-          floors: Sequence[str] = ("label only", "prior sample"), **where) -> Audit:
+def audit(
+    tally: stats.Tally,
+    attacks: Sequence[str] = ("GI-x", "GIAS"),
+    floors: Sequence[str] = ("label only", "prior sample"),
+    **where,
+) -> Audit:
     """Did the defense in ``where`` stop ``attacks``? The strongest of them against the best of ``floors``, per update.
 
     An update is a distinct value of the tally's keys other than ``method`` and those in
@@ -713,8 +804,10 @@ def audit(tally: stats.Tally, attacks: Sequence[str] = ("GI-x", "GIAS"),
         updates.setdefault(tuple(row[k] for k in others), {})[row["method"]] = row
     missing = [u for u, rows in updates.items() if not set(attacks) | set(floors) <= set(rows)]
     if not updates or missing:
-        raise ValueError(f"audit {where}: every update needs rows of {list(attacks) + list(floors)}; "
-                         f"{'no rows match' if not updates else f'missing for {missing[:3]}'}")
+        raise ValueError(
+            f"audit {where}: every update needs rows of {list(attacks) + list(floors)}; "
+            f"{'no rows match' if not updates else f'missing for {missing[:3]}'}"
+        )
     paired, sentences = {}, {}
     for metric, margin in AUDIT_MARGINS.items():
         best = [max(rows[m][metric] for m in attacks) for rows in updates.values()]
@@ -727,8 +820,15 @@ def audit(tally: stats.Tally, attacks: Sequence[str] = ("GI-x", "GIAS"),
     return Audit(stopped=gap.gap.mean <= gap.margin, paired=paired, sentences=sentences)
 
 
-def stopping_level(tally: stats.Tally, attack: str | Sequence[str], levels: Sequence[float], *, key: str = "z",
-                   floors: Sequence[str] = ("label only", "prior sample"), **where) -> float | None:
+def stopping_level(
+    tally: stats.Tally,
+    attack: str | Sequence[str],
+    levels: Sequence[float],
+    *,
+    key: str = "z",
+    floors: Sequence[str] = ("label only", "prior sample"),
+    **where,
+) -> float | None:
     """The smallest of ``levels`` (ascending) from which on :func:`audit` finds ``attack`` stopped at every larger level.
 
     None when the attack is not stopped at the largest level tested.

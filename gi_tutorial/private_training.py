@@ -29,6 +29,7 @@ BatchNorm (which DP-SGD cannot use: see :func:`gi_tutorial.defenses.check_dp_com
 ``gi_tutorial/results/dp_utility.json``) and of the chapter's short live run;
 :func:`load_splits` gives the data, and in quick mode the 20 test images that ship with pip.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,14 +65,18 @@ class TemperedCNN(nn.Module):
         self.in_channels, self.image_size = in_channels, image_size
         self.crop = (image_size - 28) // 2
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 8, stride=2, padding=2), nn.Tanh(), nn.MaxPool2d(2, 1),  # (B, 16, 12, 12)
-            nn.Conv2d(16, 32, 4, stride=2), nn.Tanh(), nn.MaxPool2d(2, 1),  # (B, 32, 4, 4)
+            nn.Conv2d(in_channels, 16, 8, stride=2, padding=2),
+            nn.Tanh(),
+            nn.MaxPool2d(2, 1),  # (B, 16, 12, 12)
+            nn.Conv2d(16, 32, 4, stride=2),
+            nn.Tanh(),
+            nn.MaxPool2d(2, 1),  # (B, 32, 4, 4)
         )
         self.classifier = nn.Sequential(nn.Linear(32 * 4 * 4, 32), nn.Tanh(), nn.Linear(32, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.crop
-        x = x[..., c:c + 28, c:c + 28]  # (B, C, 28, 28): the padding carries nothing
+        x = x[..., c : c + 28, c : c + 28]  # (B, C, 28, 28): the padding carries nothing
         x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
         return self.classifier(self.features(x).flatten(1))
 
@@ -185,8 +190,10 @@ def accuracy(model: nn.Module, test: Data, batch_size: int = 2000) -> float:
     x, y = test
     model.eval()
     with torch.no_grad():
-        correct = sum(int((model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum())
-                      for i in range(0, len(x), batch_size))
+        correct = sum(
+            int((model(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+            for i in range(0, len(x), batch_size)
+        )
     return correct / len(x)
 
 
@@ -286,12 +293,19 @@ def train_dp_sgd(
     optimizer = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum)
     z, tracker, net = 0.0, None, model
     if private:
-        z = defenses.noise_multiplier_for(target_epsilon, q, steps, delta, adjacency="add_remove", accountant=accountant)
+        z = defenses.noise_multiplier_for(
+            target_epsilon, q, steps, delta, adjacency="add_remove", accountant=accountant
+        )
         tracker = _opacus_accountant(accountant)
         net = GradSampleModule(model, loss_reduction="mean", force_functorch=True)
-        optimizer = DPOptimizer(optimizer, noise_multiplier=z, max_grad_norm=settings.clip_norm,
-                                expected_batch_size=settings.batch_size, loss_reduction="mean",
-                                generator=torch.Generator().manual_seed(10_000 + seed))
+        optimizer = DPOptimizer(
+            optimizer,
+            noise_multiplier=z,
+            max_grad_norm=settings.clip_norm,
+            expected_batch_size=settings.batch_size,
+            loss_reduction="mean",
+            generator=torch.Generator().manual_seed(10_000 + seed),
+        )
         optimizer.attach_step_hook(tracker.get_optimizer_hook_fn(sample_rate=q))
     sampled = []
     steps_per_epoch = max(1, round(1 / q))
@@ -316,14 +330,25 @@ def train_dp_sgd(
         net._close()
     acc = accuracy(model, test)
     spent = math.inf if tracker is None else _spent(tracker, delta)
-    return TrainResult(mechanism="dp_sgd" if private else "none", unit="example", accuracy=acc, epsilon=spent,
-                       delta=delta, noise_multiplier=z, sample_rate=q, steps=steps, seed=seed,
-                       seconds=time.perf_counter() - start,
-                       cpu_seconds=time.process_time() - cpu_start, sampled=tuple(sampled))
+    return TrainResult(
+        mechanism="dp_sgd" if private else "none",
+        unit="example",
+        accuracy=acc,
+        epsilon=spent,
+        delta=delta,
+        noise_multiplier=z,
+        sample_rate=q,
+        steps=steps,
+        seed=seed,
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
+        sampled=tuple(sampled),
+    )
 
 
-def client_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                     chunk: int = 250) -> tuple[torch.Tensor, ...]:
+def client_gradients(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, chunk: int = 250
+) -> tuple[torch.Tensor, ...]:
     """Every client's FedSGD update at once: the gradient of its mean loss on its own images.
 
     Args:
@@ -341,7 +366,7 @@ def client_gradients(model: nn.Module, images: torch.Tensor, labels: torch.Tenso
         return F.cross_entropy(torch.func.functional_call(model, p, (xk,)), yk)
 
     per_client = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))
-    parts = [per_client(params, images[i:i + chunk], labels[i:i + chunk]) for i in range(0, len(images), chunk)]
+    parts = [per_client(params, images[i : i + chunk], labels[i : i + chunk]) for i in range(0, len(images), chunk)]
     return tuple(torch.cat([part[n] for part in parts]) for n in names)
 
 
@@ -382,21 +407,23 @@ def train_dp_fedavg(
     if num_clients < 1:
         raise ValueError(f"shard_size {settings.shard_size} is larger than the {len(x)} training images")
     if not 0 < clients_per_round <= num_clients:
-        raise ValueError(f"clients_per_round must lie in (0, {num_clients}] for {num_clients} clients, "
-                         f"got {clients_per_round!r}")
+        raise ValueError(
+            f"clients_per_round must lie in (0, {num_clients}] for {num_clients} clients, got {clients_per_round!r}"
+        )
     if settings.rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {settings.rounds}")
     private = math.isfinite(target_epsilon)
-    shards_x = x[:num_clients * settings.shard_size].reshape(num_clients, settings.shard_size, *x.shape[1:])
-    shards_y = y[:num_clients * settings.shard_size].reshape(num_clients, settings.shard_size)
+    shards_x = x[: num_clients * settings.shard_size].reshape(num_clients, settings.shard_size, *x.shape[1:])
+    shards_y = y[: num_clients * settings.shard_size].reshape(num_clients, settings.shard_size)
     q = clients_per_round / num_clients
     start, cpu_start = time.perf_counter(), time.process_time()
     sampler, noise = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(10_000 + seed)
     z, tracker = 0.0, None
     if private:
         _check_clip(settings.clip_norm)
-        z = defenses.noise_multiplier_for(target_epsilon, q, settings.rounds, delta, adjacency="add_remove",
-                                          accountant=accountant)
+        z = defenses.noise_multiplier_for(
+            target_epsilon, q, settings.rounds, delta, adjacency="add_remove", accountant=accountant
+        )
         tracker = _opacus_accountant(accountant)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=settings.server_lr, momentum=settings.server_momentum)
@@ -406,13 +433,17 @@ def train_dp_fedavg(
         clients = defenses.poisson_sample(num_clients, q, sampler)
         sampled.append(len(clients))
         if private:
-            updates = (client_gradients(model, shards_x[clients], shards_y[clients]) if len(clients)
-                       else tuple(torch.zeros(0, *p.shape) for p in params))
+            updates = (
+                client_gradients(model, shards_x[clients], shards_y[clients])
+                if len(clients)
+                else tuple(torch.zeros(0, *p.shape) for p in params)
+            )
             step = defenses.dp_fedavg_stacked(updates, settings.clip_norm, z, noise, q * num_clients)
             tracker.step(noise_multiplier=z, sample_rate=q)
         elif len(clients):  # the plain average of the clients' gradients: one batch over their shards
-            step = torch.autograd.grad(F.cross_entropy(model(shards_x[clients].flatten(0, 1)),
-                                                       shards_y[clients].flatten()), params)
+            step = torch.autograd.grad(
+                F.cross_entropy(model(shards_x[clients].flatten(0, 1)), shards_y[clients].flatten()), params
+            )
         else:
             continue
         optimizer.zero_grad()
@@ -423,10 +454,20 @@ def train_dp_fedavg(
             log(f"round {t + 1}/{settings.rounds}: {len(clients)} clients")
     acc = accuracy(model, test)
     spent = math.inf if tracker is None else _spent(tracker, delta)
-    return TrainResult(mechanism="dp_fedavg" if private else "none", unit="client", accuracy=acc, epsilon=spent,
-                       delta=delta, noise_multiplier=z, sample_rate=q, steps=settings.rounds, seed=seed,
-                       seconds=time.perf_counter() - start,
-                       cpu_seconds=time.process_time() - cpu_start, sampled=tuple(sampled))
+    return TrainResult(
+        mechanism="dp_fedavg" if private else "none",
+        unit="client",
+        accuracy=acc,
+        epsilon=spent,
+        delta=delta,
+        noise_multiplier=z,
+        sample_rate=q,
+        steps=settings.rounds,
+        seed=seed,
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu_start,
+        sampled=tuple(sampled),
+    )
 
 
 def live_run(seed: int = 0, target_epsilon: float = 3.0, log: Callable[[str], None] | None = None) -> TrainResult:
@@ -472,10 +513,19 @@ def summarize(results: dict) -> list[dict]:
         rows.setdefault(key, []).append(run)
     table = []
     for (experiment, eps, m), runs in rows.items():
-        table.append({"label": _label(runs[0]), "experiment": experiment, "target_epsilon": eps, "clients_per_round": m,
-                      "accuracy": stats.mean_sd(r["accuracy"] for r in runs),
-                      "epsilon": max(r["epsilon"] for r in runs), "noise_multiplier": runs[0]["noise_multiplier"],
-                      "sample_rate": runs[0]["sample_rate"], "steps": runs[0]["steps"],
-                      "cpu_seconds": sum(r["cpu_seconds"] for r in runs) / len(runs),
-                      "seeds": [r["seed"] for r in runs]})
+        table.append(
+            {
+                "label": _label(runs[0]),
+                "experiment": experiment,
+                "target_epsilon": eps,
+                "clients_per_round": m,
+                "accuracy": stats.mean_sd(r["accuracy"] for r in runs),
+                "epsilon": max(r["epsilon"] for r in runs),
+                "noise_multiplier": runs[0]["noise_multiplier"],
+                "sample_rate": runs[0]["sample_rate"],
+                "steps": runs[0]["steps"],
+                "cpu_seconds": sum(r["cpu_seconds"] for r in runs) / len(runs),
+                "seeds": [r["seed"] for r in runs],
+            }
+        )
     return table

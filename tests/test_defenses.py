@@ -1,4 +1,5 @@
 """gi_tutorial.defenses: noise, clipping, local and central DP, DP-SGD through Opacus, pruning, accounting."""
+
 from __future__ import annotations
 
 import math
@@ -87,8 +88,9 @@ def test_noise_has_the_stated_standard_deviation(update):
     # ~97k entries per draw, 20 draws: the sample std is within 0.5% of sigma and the mean near 0
     sigma = 0.03
     g = _gen(1)
-    diffs = torch.cat([_flat(defenses.add_noise(update, sigma, g).gradients) - _flat(update.gradients)
-                       for _ in range(20)])
+    diffs = torch.cat(
+        [_flat(defenses.add_noise(update, sigma, g).gradients) - _flat(update.gradients) for _ in range(20)]
+    )
     assert diffs.std().item() == pytest.approx(sigma, rel=5e-3)
     assert abs(diffs.mean().item()) < 5 * sigma / math.sqrt(diffs.numel())
 
@@ -117,8 +119,12 @@ def test_local_gaussian_clips_then_adds_z_times_s(update):
 
 def _client_updates(victim, m, seed=0):
     g = _gen(seed)
-    return [fl.client_update(victim, torch.rand(2, 1, 32, 32, generator=g), torch.randint(0, 10, (2,), generator=g),
-                             share_labels=True) for _ in range(m)]
+    return [
+        fl.client_update(
+            victim, torch.rand(2, 1, 32, 32, generator=g), torch.randint(0, 10, (2,), generator=g), share_labels=True
+        )
+        for _ in range(m)
+    ]
 
 
 def test_dp_fedavg_server_holds_each_clipped_update_before_its_noise(victim):
@@ -144,10 +150,15 @@ def test_dp_fedavg_adds_noise_once_to_the_sum_not_per_client(victim):
     updates = _client_updates(victim, m)
     g = _gen(5)
     quiet = _flat(defenses.dp_fedavg(updates, clip, 0.0, g).aggregate.gradients)
-    central = torch.stack([_flat(defenses.dp_fedavg(updates, clip, z, g).aggregate.gradients) - quiet
-                           for _ in range(20)])  # 20 draws of ~97k entries
-    local = torch.stack([torch.stack([_flat(defenses.local_gaussian(u, clip, z, g).gradients) for u in updates]).mean(0)
-                         - quiet for _ in range(5)])
+    central = torch.stack(
+        [_flat(defenses.dp_fedavg(updates, clip, z, g).aggregate.gradients) - quiet for _ in range(20)]
+    )  # 20 draws of ~97k entries
+    local = torch.stack(
+        [
+            torch.stack([_flat(defenses.local_gaussian(u, clip, z, g).gradients) for u in updates]).mean(0) - quiet
+            for _ in range(5)
+        ]
+    )
     assert central.std().item() == pytest.approx(z * clip / m, rel=0.01)
     assert local.std().item() == pytest.approx(z * clip / math.sqrt(m), rel=0.01)
     # the denominator is the expected number of clients when one is given (Poisson sampling)
@@ -213,34 +224,49 @@ def test_adaptive_model_masks_the_candidate_gradient(victim, batch, update):
 def test_adaptive_attacker_runs_in_the_loop(victim, batch, update):
     x, y = batch
     pruned = defenses.prune(update, 0.9)
-    result = invert.reconstruct(pruned, defenses.adaptive_model(victim, pruned), spaces.PixelSpace(tuple(x.shape)),
-                                distance="cosine", num_iters=2, progress=False)
+    result = invert.reconstruct(
+        pruned,
+        defenses.adaptive_model(victim, pruned),
+        spaces.PixelSpace(tuple(x.shape)),
+        distance="cosine",
+        num_iters=2,
+        progress=False,
+    )
     assert result.images.shape == x.shape
     assert isinstance(defenses.adaptive_model(victim, update), type(victim))  # no pruning: the model itself
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda u: defenses.add_noise(u, -0.1, _gen()), "sigma must be a finite number >= 0"),
-    (lambda u: defenses.add_noise(u, float("nan"), _gen()), "sigma"),
-    (lambda u: defenses.clip(u, -1.0), "clip bound"),
-    (lambda u: defenses.local_gaussian(u, 1.0, -0.5, _gen()), "noise multiplier"),
-    (lambda u: defenses.local_gaussian(u, -1.0, 0.5, _gen()), "clip bound"),
-    (lambda u: defenses.dp_fedavg([u], 1.0, -0.5, _gen()), "noise multiplier"),
-    (lambda u: defenses.dp_fedavg([u], -1.0, 0.5, _gen()), "clip bound"),
-    (lambda u: defenses.dp_fedavg([], 1.0, 0.5, _gen()), "at least one client update"),
-    (lambda u: defenses.dp_fedavg(u, 1.0, 0.5, _gen()), "a sequence of the round's updates.*local_gaussian"),
-    (lambda u: defenses.dp_fedavg([u], 1.0, 0.5, _gen(), expected_clients=0), "expected_clients must be a positive"),
-    (lambda u: defenses.dp_fedavg([u, u.replace(gradients=u.gradients[:-1])], 1.0, 0.5, _gen()),
-     "different models"),
-    (lambda u: defenses.prune(u, 1.0), r"prune ratio must lie in \[0, 1\)"),
-    (lambda u: defenses.prune(u, -0.1), "prune ratio"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda u: defenses.add_noise(u, -0.1, _gen()), "sigma must be a finite number >= 0"),
+        (lambda u: defenses.add_noise(u, float("nan"), _gen()), "sigma"),
+        (lambda u: defenses.clip(u, -1.0), "clip bound"),
+        (lambda u: defenses.local_gaussian(u, 1.0, -0.5, _gen()), "noise multiplier"),
+        (lambda u: defenses.local_gaussian(u, -1.0, 0.5, _gen()), "clip bound"),
+        (lambda u: defenses.dp_fedavg([u], 1.0, -0.5, _gen()), "noise multiplier"),
+        (lambda u: defenses.dp_fedavg([u], -1.0, 0.5, _gen()), "clip bound"),
+        (lambda u: defenses.dp_fedavg([], 1.0, 0.5, _gen()), "at least one client update"),
+        (lambda u: defenses.dp_fedavg(u, 1.0, 0.5, _gen()), "a sequence of the round's updates.*local_gaussian"),
+        (
+            lambda u: defenses.dp_fedavg([u], 1.0, 0.5, _gen(), expected_clients=0),
+            "expected_clients must be a positive",
+        ),
+        (
+            lambda u: defenses.dp_fedavg([u, u.replace(gradients=u.gradients[:-1])], 1.0, 0.5, _gen()),
+            "different models",
+        ),
+        (lambda u: defenses.prune(u, 1.0), r"prune ratio must lie in \[0, 1\)"),
+        (lambda u: defenses.prune(u, -0.1), "prune ratio"),
+    ],
+)
 def test_bad_settings_raise_value_error(update, call, match):
     with pytest.raises(ValueError, match=match):
         call(update)
 
 
 # --- DP-SGD through Opacus -------------------------------------------------------------
+
 
 def test_dp_sgd_without_noise_and_clipping_is_the_plain_gradient(victim, batch):
     x, y = batch
@@ -306,10 +332,13 @@ def test_dp_sgd_rejects_batchnorm_naming_the_layer(batch):
     defenses.check_dp_compatible(models.build_model("convnet_fc"))  # no BatchNorm: fine
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(clip_norm=-1.0, noise_multiplier=1.0), "clip bound"),
-    (dict(clip_norm=1.0, noise_multiplier=-1.0), "noise multiplier"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(clip_norm=-1.0, noise_multiplier=1.0), "clip bound"),
+        (dict(clip_norm=1.0, noise_multiplier=-1.0), "noise multiplier"),
+    ],
+)
 def test_dp_sgd_bad_settings(victim, batch, kwargs, match):
     with pytest.raises(ValueError, match=match):
         defenses.dp_sgd_update(victim, *batch, generator=_gen(), **kwargs)
@@ -318,8 +347,9 @@ def test_dp_sgd_bad_settings(victim, batch, kwargs, match):
 def test_dp_sgd_bad_labels(victim, batch):
     x, _ = batch
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
-        defenses.dp_sgd_update(victim, x, torch.tensor([0, 1, 2, 12]), clip_norm=1.0, noise_multiplier=1.0,
-                               generator=_gen())
+        defenses.dp_sgd_update(
+            victim, x, torch.tensor([0, 1, 2, 12]), clip_norm=1.0, noise_multiplier=1.0, generator=_gen()
+        )
 
 
 # --- accounting --------------------------------------------------------------------------
@@ -349,8 +379,10 @@ def test_central_epsilon_matches_opacus_called_directly(accountant):
 
 
 # The numbers of issue 17 (Opacus RDP, delta = 1e-5): one update unamplified, and 40 rounds at q = 0.01
-@pytest.mark.parametrize("z, add_remove, replace_one, forty_rounds", [
-    (0.1, 96.1, 295, 484), (1.0, 4.73, 10.7, 1.12), (2.0, 2.17, 4.73, 0.222)])
+@pytest.mark.parametrize(
+    "z, add_remove, replace_one, forty_rounds",
+    [(0.1, 96.1, 295, 484), (1.0, 4.73, 10.7, 1.12), (2.0, 2.17, 4.73, 0.222)],
+)
 def test_replace_one_and_add_remove_numbers(z, add_remove, replace_one, forty_rounds):
     one = dict(sample_rate=1.0, steps=1, delta=1e-5)
     assert defenses.epsilon(z, **one, adjacency="add_remove") == pytest.approx(add_remove, rel=3e-3)
@@ -368,7 +400,9 @@ def test_local_epsilon_uses_sensitivity_2s_unamplified_over_the_rounds_joined():
         assert local > defenses.epsilon(z, 1.0, rounds, 1e-5, adjacency="add_remove")  # not S
     assert defenses.local_epsilon(1.0, 1, 1e-5) == pytest.approx(10.7, rel=3e-3)
     # against the server, the local mechanism's epsilon is far above the central mechanism's amplified one
-    assert defenses.local_epsilon(1.0, 40, 1e-5) > 20 * defenses.central_epsilon(1.0, defenses.FLSchedule(1000, 10, 40, 1e-5))
+    assert defenses.local_epsilon(1.0, 40, 1e-5) > 20 * defenses.central_epsilon(
+        1.0, defenses.FLSchedule(1000, 10, 40, 1e-5)
+    )
 
 
 def test_dp_sgd_epsilon_is_example_level_and_amplified():
@@ -394,9 +428,15 @@ def test_prv_and_rdp_agree_roughly_and_prv_is_tighter():
     assert prv_eps <= rdp_eps and prv_eps > 0.5 * rdp_eps
 
 
-@pytest.mark.parametrize("target, q, steps, adjacency", [
-    (1.0, SCHEDULE.sample_rate, SCHEDULE.rounds, "add_remove"), (4.0, SCHEDULE.sample_rate, SCHEDULE.rounds, "add_remove"),
-    (8.0, 1.0, 1, "replace_one"), (8.0, 1.0, 1, "add_remove")])
+@pytest.mark.parametrize(
+    "target, q, steps, adjacency",
+    [
+        (1.0, SCHEDULE.sample_rate, SCHEDULE.rounds, "add_remove"),
+        (4.0, SCHEDULE.sample_rate, SCHEDULE.rounds, "add_remove"),
+        (8.0, 1.0, 1, "replace_one"),
+        (8.0, 1.0, 1, "add_remove"),
+    ],
+)
 def test_noise_multiplier_round_trips(target, q, steps, adjacency):
     z = defenses.noise_multiplier_for(target, q, steps, 1e-5, adjacency=adjacency)
     eps = defenses.epsilon(z, q, steps, 1e-5, adjacency=adjacency)
@@ -436,29 +476,38 @@ def test_describe_epsilon():
         defenses.describe_epsilon(float("nan"))
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda: defenses.FLSchedule(100, 0, 10, 1e-5), r"q must lie in \(0, 1\]"),
-    (lambda: defenses.FLSchedule(100, 150, 10, 1e-5), r"q must lie in \(0, 1\]"),
-    (lambda: defenses.FLSchedule(100, 10, 10, 0.0), r"delta must lie in \(0, 1\)"),
-    (lambda: defenses.FLSchedule(100, 10, 10, 1.0), r"delta must lie in \(0, 1\)"),
-    (lambda: defenses.SGDSchedule(100, 200, 10, 1e-5), r"q must lie in \(0, 1\]"),
-    (lambda: defenses.SGDSchedule(100, 10, 0, 1e-5), "steps must be an integer >= 1"),
-    (lambda: defenses.epsilon(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in \(0, 1\]"),
-    (lambda: defenses.epsilon(1.0, 0.0, 10, 1e-5, adjacency="add_remove"), r"q must lie in \(0, 1\]"),
-    (lambda: defenses.epsilon(-1.0, 0.1, 10, 1e-5, adjacency="add_remove"), "noise multiplier"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 2.0, adjacency="add_remove"), "delta"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 1.0, adjacency="add_remove"), "delta"),
-    (lambda: defenses.epsilon(1.0, 0.1, 0, 1e-5, adjacency="add_remove"), "steps must be"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="add_remove", accountant="moments"), "accountant must be"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="substitute"), "adjacency must be 'add_remove' or"),
-    (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="replace_one"), "replace-one adjacency is accounted"),
-    (lambda: defenses.local_epsilon(-0.5, 1, 1e-5), "noise multiplier"),
-    (lambda: defenses.noise_multiplier_for(0.0, 0.01, 10, 1e-5, adjacency="add_remove"), "target epsilon must be positive"),
-    (lambda: defenses.noise_multiplier_for(1.0, 0.01, 10, 1e-5, adjacency="other"), "adjacency must be"),
-    (lambda: defenses.noise_multiplier_for(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in"),
-    (lambda: defenses.poisson_sample(0, 0.5, _gen()), "population must be a positive integer"),
-    (lambda: defenses.poisson_sample(10, 1.5, _gen()), r"q must lie in \(0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: defenses.FLSchedule(100, 0, 10, 1e-5), r"q must lie in \(0, 1\]"),
+        (lambda: defenses.FLSchedule(100, 150, 10, 1e-5), r"q must lie in \(0, 1\]"),
+        (lambda: defenses.FLSchedule(100, 10, 10, 0.0), r"delta must lie in \(0, 1\)"),
+        (lambda: defenses.FLSchedule(100, 10, 10, 1.0), r"delta must lie in \(0, 1\)"),
+        (lambda: defenses.SGDSchedule(100, 200, 10, 1e-5), r"q must lie in \(0, 1\]"),
+        (lambda: defenses.SGDSchedule(100, 10, 0, 1e-5), "steps must be an integer >= 1"),
+        (lambda: defenses.epsilon(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in \(0, 1\]"),
+        (lambda: defenses.epsilon(1.0, 0.0, 10, 1e-5, adjacency="add_remove"), r"q must lie in \(0, 1\]"),
+        (lambda: defenses.epsilon(-1.0, 0.1, 10, 1e-5, adjacency="add_remove"), "noise multiplier"),
+        (lambda: defenses.epsilon(1.0, 0.1, 10, 2.0, adjacency="add_remove"), "delta"),
+        (lambda: defenses.epsilon(1.0, 0.1, 10, 1.0, adjacency="add_remove"), "delta"),
+        (lambda: defenses.epsilon(1.0, 0.1, 0, 1e-5, adjacency="add_remove"), "steps must be"),
+        (
+            lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="add_remove", accountant="moments"),
+            "accountant must be",
+        ),
+        (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="substitute"), "adjacency must be 'add_remove' or"),
+        (lambda: defenses.epsilon(1.0, 0.1, 10, 1e-5, adjacency="replace_one"), "replace-one adjacency is accounted"),
+        (lambda: defenses.local_epsilon(-0.5, 1, 1e-5), "noise multiplier"),
+        (
+            lambda: defenses.noise_multiplier_for(0.0, 0.01, 10, 1e-5, adjacency="add_remove"),
+            "target epsilon must be positive",
+        ),
+        (lambda: defenses.noise_multiplier_for(1.0, 0.01, 10, 1e-5, adjacency="other"), "adjacency must be"),
+        (lambda: defenses.noise_multiplier_for(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in"),
+        (lambda: defenses.poisson_sample(0, 0.5, _gen()), "population must be a positive integer"),
+        (lambda: defenses.poisson_sample(10, 1.5, _gen()), r"q must lie in \(0, 1\]"),
+    ],
+)
 def test_bad_accounting_inputs(make, match):
     with pytest.raises(ValueError, match=match):
         make()
@@ -466,7 +515,7 @@ def test_bad_accounting_inputs(make, match):
 
 def test_adjacency_must_be_stated():
     with pytest.raises(TypeError):
-        defenses.epsilon(1.0, 0.1, 10, 1e-5)  # noqa: the call every chapter must not make
+        defenses.epsilon(1.0, 0.1, 10, 1e-5)  # the call every chapter must not make
 
 
 def test_docstring_examples():
@@ -485,12 +534,22 @@ def test_an_attack_on_a_dp_sgd_update_runs_and_scores(victim):
     x, y = data.fashion_mnist("test", 20)
     x, y = x[:2], y[:2]
     stick = yardstick.fashion_mnist(exclude=x, score="ssim")
-    update = defenses.dp_sgd_update(victim, x, y, clip_norm=1.0, noise_multiplier=1.0, generator=_gen(0),
-                                    share_labels=True)
+    update = defenses.dp_sgd_update(
+        victim, x, y, clip_norm=1.0, noise_multiplier=1.0, generator=_gen(0), share_labels=True
+    )
     tally = stats.Tally(keys=("option", "seed", "method"))
-    shown = attacks.run_battery(update, victim, attacks.battery("ch6", methods=("GI-x", "GIAS")), truth=x,
-                                truth_labels=y, yardstick=stick, generators={"dcgan": generators.load_generator()},
-                                tally=tally, seed=0, option="dp-sgd 1")
+    shown = attacks.run_battery(
+        update,
+        victim,
+        attacks.battery("ch6", methods=("GI-x", "GIAS")),
+        truth=x,
+        truth_labels=y,
+        yardstick=stick,
+        generators={"dcgan": generators.load_generator()},
+        tally=tally,
+        seed=0,
+        option="dp-sgd 1",
+    )
     assert set(shown) == {"GI-x", "GIAS", "label only", "prior sample"}
     for row in tally.rows:
         assert 0.0 <= row["identified"] <= 1.0 and math.isfinite(row["psnr"]) and row["option"] == "dp-sgd 1"
@@ -508,8 +567,12 @@ def _audit_tally(levels_and_gaps):
     for z, (gap_x, gap_gias) in levels_and_gaps.items():
         for seed in range(3):
             floor = 0.1 + 0.01 * seed
-            for method, value in (("label only", floor), ("prior sample", floor - 0.05),
-                                  ("GI-x", floor + gap_x), ("GIAS", floor + gap_gias)):
+            for method, value in (
+                ("label only", floor),
+                ("prior sample", floor - 0.05),
+                ("GI-x", floor + gap_x),
+                ("GIAS", floor + gap_gias),
+            ):
                 tally.add(z=z, seed=seed, method=method, identified=value, psnr=12.0 + 10 * (value - floor))
     return tally
 
@@ -522,8 +585,10 @@ def test_audit_stops_only_when_the_strongest_attack_is_at_the_floor():
     assert defenses.audit(tally, z=0.1).stopped  # 2 points ahead: within the 5-point margin
     assert [defenses.audit(tally, z=z).state for z in (0.001, 0.1)] == ["leaks", "at the floor"]
     uneven = _audit_tally({0.5: (0.0, 0.0)})
-    uneven.rows = [dict(r, identified=r["identified"] + 0.3) if (r["method"] == "GIAS" and r["seed"] == 0) else r
-                   for r in uneven.rows]  # ahead by 30 points in one update of three: 10 on average
+    uneven.rows = [
+        dict(r, identified=r["identified"] + 0.3) if (r["method"] == "GIAS" and r["seed"] == 0) else r
+        for r in uneven.rows
+    ]  # ahead by 30 points in one update of three: 10 on average
     assert defenses.audit(uneven, z=0.5).state == "unclear" and not defenses.audit(uneven, z=0.5).stopped
     gap = defenses.audit(tally, z=0.01).paired["identified"].gap
     assert gap.mean == pytest.approx(0.5) and gap.n == 3

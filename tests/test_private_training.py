@@ -1,4 +1,5 @@
 """gi_tutorial.private_training: DP-SGD (Opacus) and DP-FedAvg training, their accounting and their sampling."""
+
 from __future__ import annotations
 
 import math
@@ -6,7 +7,8 @@ import math
 import pytest
 import torch
 
-from gi_tutorial import defenses, fl, models, private_training as pt
+from gi_tutorial import defenses, fl, models
+from gi_tutorial import private_training as pt
 
 
 def _easy_task(n: int, seed: int):
@@ -111,26 +113,60 @@ def test_live_run_in_quick_mode():
     assert record["sampled"]["n"] == result.steps and record["epsilon"] == result.epsilon
 
 
-@pytest.mark.parametrize("call, match", [
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, settings=SGD,
-                                    model=models.build_model("convnet_bn", in_channels=1)),
-     r"features\.1 \(BatchNorm2d\): BatchNorm cannot support"),
-    (lambda tr, te: pt.train_dp_fedavg(tr, te, clients_per_round=10, target_epsilon=3.0, settings=FED,
-                                       model=models.build_model("convnet_bn", in_channels=1)), "BatchNorm"),
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=0.0, settings=SGD), "target_epsilon must be positive"),
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=-1.0, settings=SGD), "target_epsilon must be positive"),
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, delta=1.0, settings=SGD), r"delta must lie in \(0, 1\)"),
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, settings=pt.SGDSettings(4, 601, 1.0)),
-     r"batch_size must lie in \[1, 600\]"),
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, settings=pt.SGDSettings(4, 60, 1.0, clip_norm=0.0)),
-     "clip bound must be a finite number > 0"),
-    (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, settings=SGD, accountant="moments"), "accountant must be"),
-    (lambda tr, te: pt.train_dp_fedavg(tr, te, clients_per_round=121, target_epsilon=3.0, settings=FED),
-     r"clients_per_round must lie in \(0, 120\]"),
-    (lambda tr, te: pt.train_dp_fedavg(tr, te, clients_per_round=0, target_epsilon=3.0, settings=FED),
-     "clients_per_round must lie in"),
-    (lambda tr, te: pt.train_dp_sgd((tr[0], tr[1][:5]), te, target_epsilon=3.0, settings=SGD), "600 images but 5 labels"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (
+            lambda tr, te: pt.train_dp_sgd(
+                tr, te, target_epsilon=3.0, settings=SGD, model=models.build_model("convnet_bn", in_channels=1)
+            ),
+            r"features\.1 \(BatchNorm2d\): BatchNorm cannot support",
+        ),
+        (
+            lambda tr, te: pt.train_dp_fedavg(
+                tr,
+                te,
+                clients_per_round=10,
+                target_epsilon=3.0,
+                settings=FED,
+                model=models.build_model("convnet_bn", in_channels=1),
+            ),
+            "BatchNorm",
+        ),
+        (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=0.0, settings=SGD), "target_epsilon must be positive"),
+        (lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=-1.0, settings=SGD), "target_epsilon must be positive"),
+        (
+            lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, delta=1.0, settings=SGD),
+            r"delta must lie in \(0, 1\)",
+        ),
+        (
+            lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, settings=pt.SGDSettings(4, 601, 1.0)),
+            r"batch_size must lie in \[1, 600\]",
+        ),
+        (
+            lambda tr, te: pt.train_dp_sgd(
+                tr, te, target_epsilon=3.0, settings=pt.SGDSettings(4, 60, 1.0, clip_norm=0.0)
+            ),
+            "clip bound must be a finite number > 0",
+        ),
+        (
+            lambda tr, te: pt.train_dp_sgd(tr, te, target_epsilon=3.0, settings=SGD, accountant="moments"),
+            "accountant must be",
+        ),
+        (
+            lambda tr, te: pt.train_dp_fedavg(tr, te, clients_per_round=121, target_epsilon=3.0, settings=FED),
+            r"clients_per_round must lie in \(0, 120\]",
+        ),
+        (
+            lambda tr, te: pt.train_dp_fedavg(tr, te, clients_per_round=0, target_epsilon=3.0, settings=FED),
+            "clients_per_round must lie in",
+        ),
+        (
+            lambda tr, te: pt.train_dp_sgd((tr[0], tr[1][:5]), te, target_epsilon=3.0, settings=SGD),
+            "600 images but 5 labels",
+        ),
+    ],
+)
 def test_bad_inputs_raise_value_error(easy, call, match):
     train, test = easy
     with pytest.raises(ValueError, match=match):
@@ -152,8 +188,12 @@ def test_the_benchmark_runs_every_path_in_quick_mode_and_ships_provenance(tmp_pa
     experiments = {(r["experiment"], r["target_epsilon"], r.get("clients_per_round")) for r in results["runs"]}
     assert len(experiments) == len(results["runs"]) == 4 + 1 + 3 * 2  # every epsilon, the live run, 3 m x (DP, none)
     rows = pt.summarize(results)
-    assert [row["label"] for row in rows][:4] == ["DP-SGD, ε = 1", "DP-SGD, ε = 3", "DP-SGD, ε = 8",
-                                                  "no privacy (same network)"]
+    assert [row["label"] for row in rows][:4] == [
+        "DP-SGD, ε = 1",
+        "DP-SGD, ε = 3",
+        "DP-SGD, ε = 8",
+        "no privacy (same network)",
+    ]
 
 
 SHIPPED_EXISTS = pt.SHIPPED.exists()
@@ -165,8 +205,9 @@ def test_shipped_results_are_consistent_with_the_library():
     assert provenance["quick"] is False and len(provenance["seeds"]) >= 3
     for run in results["runs"]:
         if math.isfinite(run["target_epsilon"]):  # the epsilon spent is the library's accounting of what was run
-            expected = defenses.epsilon(run["noise_multiplier"], run["sample_rate"], run["steps"], run["delta"],
-                                        adjacency="add_remove")
+            expected = defenses.epsilon(
+                run["noise_multiplier"], run["sample_rate"], run["steps"], run["delta"], adjacency="add_remove"
+            )
             assert run["epsilon"] == pytest.approx(expected, rel=1e-6) and run["epsilon"] <= run["target_epsilon"]
         population = 60_000 if run["experiment"] != "dp_fedavg" else run["num_clients"]
         n, q, sampled = population, run["sample_rate"], run["sampled"]
