@@ -3,10 +3,12 @@
 Every interactive widget has a static twin (a figure) so the printed book shows the same
 content; :func:`glue` publishes numbers to the prose through myst-nb when it is present.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import torch
@@ -21,8 +23,7 @@ def _as_image(x: torch.Tensor):
 
 
 def _draw(ax, image: torch.Tensor, title: str | None = None) -> None:
-    ax.imshow(_as_image(image), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(_as_image(image), cmap="gray" if image.shape[0] == 1 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -40,8 +41,9 @@ def show_images(
     n = len(images)
     ncols = ncols or min(n, 10)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if suptitle else 0)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size * ncols, size * nrows + (0.3 if suptitle else 0)), squeeze=False
+    )
     for i, ax in enumerate(axes.flat):
         if i < n:
             _draw(ax, images[i], titles[i] if titles else None)
@@ -77,8 +79,13 @@ def compare_rows(
     return fig
 
 
-def plot_history(history: Sequence[Snapshot], image_index: int = 0, max_columns: int = 8,
-                 truth: torch.Tensor | None = None, size: float = 1.4) -> plt.Figure:
+def plot_history(
+    history: Sequence[Snapshot],
+    image_index: int = 0,
+    max_columns: int = 8,
+    truth: torch.Tensor | None = None,
+    size: float = 1.4,
+) -> plt.Figure:
     """How one image of the batch evolved over a run: snapshots with their gradient distance."""
     step = max(1, math.ceil(len(history) / max_columns))
     shown = list(history[::step])
@@ -94,8 +101,13 @@ def plot_history(history: Sequence[Snapshot], image_index: int = 0, max_columns:
     return fig
 
 
-def plot_curves(curves: dict[str, Sequence[float]], xlabel: str = "iteration", ylabel: str = "loss",
-                log: bool = True, size: tuple[float, float] = (5.0, 3.0)) -> plt.Figure:
+def plot_curves(
+    curves: dict[str, Sequence[float]],
+    xlabel: str = "iteration",
+    ylabel: str = "loss",
+    log: bool = True,
+    size: tuple[float, float] = (5.0, 3.0),
+) -> plt.Figure:
     """Line plot of several named curves (e.g. the loss of each restart)."""
     fig, ax = plt.subplots(figsize=size)
     for name, values in curves.items():
@@ -115,15 +127,17 @@ def history_slider(history: Sequence[Snapshot]):
     from IPython.display import display
 
     output = widgets.Output()
-    slider = widgets.IntSlider(value=len(history) - 1, min=0, max=len(history) - 1, description="snapshot",
-                               continuous_update=False)
+    slider = widgets.IntSlider(
+        value=len(history) - 1, min=0, max=len(history) - 1, description="snapshot", continuous_update=False
+    )
 
     def draw(change: Any = None) -> None:
         snapshot = history[slider.value]
         with output:
             output.clear_output(wait=True)
-            fig = show_images(snapshot.images, suptitle=f"iteration {snapshot.iteration}, "
-                                                        f"gradient distance {snapshot.grad_loss:.3g}")
+            fig = show_images(
+                snapshot.images, suptitle=f"iteration {snapshot.iteration}, gradient distance {snapshot.grad_loss:.3g}"
+            )
             display(fig)
             plt.close(fig)  # shown once, in the widget's output
 
@@ -145,8 +159,7 @@ def format_value(value: Any, fmt: str = "{:.2f}") -> str:
     return str(value)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str],
-                   formats: dict[str, str] | None = None):
+def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str], formats: dict[str, str] | None = None):
     """A Markdown table (an IPython ``Markdown`` object) of ``rows``; ``columns`` maps keys to headers."""
     from IPython.display import Markdown
 
@@ -157,8 +170,13 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str],
     return Markdown("\n".join(lines))
 
 
-def tally_table(tally, rows: Sequence[str], metrics: dict[str, tuple[str, str]], headers: dict[str, str] | None = None,
-                with_n: bool = True):
+def tally_table(
+    tally,
+    rows: Sequence[str],
+    metrics: dict[str, tuple[str, str]],
+    headers: dict[str, str] | None = None,
+    with_n: bool = True,
+):
     """A Markdown table of a :class:`~gi_tutorial.stats.Tally`: one line per value of ``rows``, each metric as
     mean ± sd (ddof = 1) over the runs, and their number n.
 
@@ -223,22 +241,38 @@ def glue(name: str, value: Any, display: bool = False) -> None:
     myst_glue(name, value, display=display)
 
 
-def flow_diagram(steps: Sequence[str], loop_back: tuple[int, int] | None = None, loop_label: str = "",
-                 title: str | None = None, size: tuple[float, float] = (10.0, 2.2)) -> plt.Figure:
+def flow_diagram(
+    steps: Sequence[str],
+    loop_back: tuple[int, int] | None = None,
+    loop_label: str = "",
+    title: str | None = None,
+    size: tuple[float, float] = (10.0, 2.2),
+) -> plt.Figure:
     """Boxes in a row joined by arrows, with an optional arrow back from box ``loop_back[0]`` to ``loop_back[1]``."""
     fig, ax = plt.subplots(figsize=size)
     ax.set_xlim(0, len(steps))
     ax.set_ylim(-0.9, 1)
     ax.axis("off")
     for i, text in enumerate(steps):
-        ax.text(i + 0.5, 0.3, text, ha="center", va="center", fontsize=9,
-                bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5"))
+        ax.text(
+            i + 0.5,
+            0.3,
+            text,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5"),
+        )
         if i + 1 < len(steps):
             ax.annotate("", xy=(i + 1.12, 0.3), xytext=(i + 0.88, 0.3), arrowprops=dict(arrowstyle="->", lw=1.5))
     if loop_back is not None:
         a, b = loop_back
-        ax.annotate("", xy=(b + 0.5, -0.15), xytext=(a + 0.5, -0.15),
-                    arrowprops=dict(arrowstyle="->", lw=1.2, connectionstyle="arc3,rad=0.35", color="#a54a4a"))
+        ax.annotate(
+            "",
+            xy=(b + 0.5, -0.15),
+            xytext=(a + 0.5, -0.15),
+            arrowprops=dict(arrowstyle="->", lw=1.2, connectionstyle="arc3,rad=0.35", color="#a54a4a"),
+        )
         ax.text((a + b) / 2 + 0.5, -0.75, loop_label, ha="center", fontsize=8, color="#a54a4a")
     if title:
         ax.set_title(title, fontsize=10)
@@ -249,43 +283,73 @@ def flow_diagram(steps: Sequence[str], loop_back: tuple[int, int] | None = None,
 def giml_diagram(size: tuple[float, float] = (10.0, 2.6)) -> plt.Figure:
     """GIML's loop (chapter 5): each received update is inverted with the current generator ``G_w``, one shared
     copy of its weights is adapted (``w -> w'``), and Reptile moves ``w`` towards ``w'``; then the next update."""
-    steps = ["client updates\n(FedSGD rounds)", "latent search:\n$z^\\star$ for $G_w$", "adapt one shared\ncopy: $w \\to w'$",
-             "Reptile step:\n$w \\leftarrow w + \\beta\\,(w' - w)$", "GIAS with $G_w$\non new updates"]
+    steps = [
+        "client updates\n(FedSGD rounds)",
+        "latent search:\n$z^\\star$ for $G_w$",
+        "adapt one shared\ncopy: $w \\to w'$",
+        "Reptile step:\n$w \\leftarrow w + \\beta\\,(w' - w)$",
+        "GIAS with $G_w$\non new updates",
+    ]
     fig, ax = plt.subplots(figsize=size)
     ax.set_xlim(0, len(steps))
     ax.set_ylim(-1.0, 1.0)
     ax.axis("off")
     for i, text in enumerate(steps):
-        ax.text(i + 0.5, 0.3, text, ha="center", va="center", fontsize=9,
-                bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5"))
+        ax.text(
+            i + 0.5,
+            0.3,
+            text,
+            ha="center",
+            va="center",
+            fontsize=9,
+            bbox=dict(boxstyle="round,pad=0.4", fc="#eef3fb", ec="#4a6fa5"),
+        )
         if i + 1 < len(steps):
             ax.annotate("", xy=(i + 1.1, 0.3), xytext=(i + 0.9, 0.3), arrowprops=dict(arrowstyle="->", lw=1.5))
     # the loop: down from the Reptile step, left under the boxes, up into the latent search; its label sits on it
     red = "#a54a4a"
     ax.plot([3.5, 3.5, 1.5], [-0.12, -0.6, -0.6], color=red, lw=1.2)
     ax.annotate("", xy=(1.5, -0.12), xytext=(1.5, -0.6), arrowprops=dict(arrowstyle="->", lw=1.2, color=red))
-    ax.text(2.5, -0.68, "next received update (the victim may have trained)", ha="center", va="top", fontsize=8,
-            color=red)
+    ax.text(
+        2.5, -0.68, "next received update (the victim may have trained)", ha="center", va="top", fontsize=8, color=red
+    )
     ax.set_title("GIML: the server meta-learns the generator's weights $w$ from gradients only", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def _mean_sd_lines(ax, xs: Sequence[float], series: dict[str, Sequence[Any]], floors: dict[str, Any] | None = None,
-                   fmt_percent: bool = False) -> None:
+def _mean_sd_lines(
+    ax,
+    xs: Sequence[float],
+    series: dict[str, Sequence[Any]],
+    floors: dict[str, Any] | None = None,
+    fmt_percent: bool = False,
+) -> None:
     """Lines with error bars (one :class:`~gi_tutorial.stats.MeanSD` per x) and floors as dashed lines."""
     for name, values in series.items():
-        ax.errorbar(list(xs), [v.mean for v in values], yerr=[0 if math.isnan(v.sd) else v.sd for v in values],
-                    marker="o", ms=4, capsize=3, label=name)
+        ax.errorbar(
+            list(xs),
+            [v.mean for v in values],
+            yerr=[0 if math.isnan(v.sd) else v.sd for v in values],
+            marker="o",
+            ms=4,
+            capsize=3,
+            label=name,
+        )
     for k, (name, floor) in enumerate((floors or {}).items()):
         ax.axhline(floor.mean, ls=(0, (4, 2 + k)), lw=1, color=f"C{7 + k % 3}", label=f"{name} (no gradient)")
     if fmt_percent:
         ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
 
 
-def mean_sd_panels(xs: Sequence[float], panels: dict[str, dict[str, Sequence[Any]]], xlabel: str,
-                   floors: dict[str, dict[str, Any]] | None = None, title: str | None = None,
-                   size: tuple[float, float] = (10.0, 3.4)) -> plt.Figure:
+def mean_sd_panels(
+    xs: Sequence[float],
+    panels: dict[str, dict[str, Sequence[Any]]],
+    xlabel: str,
+    floors: dict[str, dict[str, Any]] | None = None,
+    title: str | None = None,
+    size: tuple[float, float] = (10.0, 3.4),
+) -> plt.Figure:
     """Side-by-side panels of curves over ``xs``, each point a mean ± sd (``stats.MeanSD``), with floors drawn.
 
     ``panels`` maps a panel's y label to its series; a label containing "identified" is drawn in percent.
@@ -303,16 +367,20 @@ def mean_sd_panels(xs: Sequence[float], panels: dict[str, dict[str, Sequence[Any
     return fig
 
 
-def reptile_toy_figure(optima: torch.Tensor, kinds: torch.Tensor, paths: dict[str, torch.Tensor],
-                       steps: Sequence[int], losses: dict[str, Sequence[Any]], size: tuple[float, float] = (10.0, 3.8)
-                       ) -> plt.Figure:
+def reptile_toy_figure(
+    optima: torch.Tensor,
+    kinds: torch.Tensor,
+    paths: dict[str, torch.Tensor],
+    steps: Sequence[int],
+    losses: dict[str, Sequence[Any]],
+    size: tuple[float, float] = (10.0, 3.8),
+) -> plt.Figure:
     """Chapter 5's Reptile toy: the task optima (by kind) with each method's path of the initialisation (left), and
     the mean loss on new tasks after k adaptation steps from each initialisation, mean ± sd over seeds (right)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=size, gridspec_kw=dict(width_ratios=(1, 1.3)))
     for kind, marker in ((0, "o"), (1, "s")):
         chosen = optima[kinds == kind]
-        left.scatter(chosen[:, 0], chosen[:, 1], s=10, marker=marker, c="0.6",
-                     label=f"task optima, kind {'AB'[kind]}")
+        left.scatter(chosen[:, 0], chosen[:, 1], s=10, marker=marker, c="0.6", label=f"task optima, kind {'AB'[kind]}")
     for k, (name, path) in enumerate(paths.items()):
         left.plot(path[:, 0], path[:, 1], "-", lw=1.2, color=f"C{k}", label=name)
         left.plot(path[-1, 0], path[-1, 1], "*", ms=12, color=f"C{k}")
@@ -332,27 +400,45 @@ def reptile_toy_figure(optima: torch.Tensor, kinds: torch.Tensor, paths: dict[st
     return fig
 
 
-def prior_dotplot(tally, cases: Sequence[tuple[str, int]], priors: Sequence[str], reference: str = "GI-x",
-                  floor: str = "label only", size: tuple[float, float] | None = None) -> plt.Figure:
+def prior_dotplot(
+    tally,
+    cases: Sequence[tuple[str, int]],
+    priors: Sequence[str],
+    reference: str = "GI-x",
+    floor: str = "label only",
+    size: tuple[float, float] | None = None,
+) -> plt.Figure:
     """Chapter 5's comparison of priors: per case (columns) and score (rows), GI-z, GIAS and a random sample of
     each prior (rows of the panel), mean ± sd over seeds, with ``reference`` and the ``floor`` as vertical lines."""
     scores = {"identified": "identified", "psnr": "PSNR (dB)"}
     size = size or (3.3 * len(cases) + 1.5, 1.0 + 0.45 * len(priors) * len(scores))
     fig, axes = plt.subplots(len(scores), len(cases), figsize=size, squeeze=False, sharey=True)
-    kinds = (("sample ({})", "x", "0.5", "random sample (no gradient)"), ("GI-z ({})", "o", "C0", "GI-z"),
-             ("GIAS ({})", "D", "C3", "GIAS"))
+    kinds = (
+        ("sample ({})", "x", "0.5", "random sample (no gradient)"),
+        ("GI-z ({})", "o", "C0", "GI-z"),
+        ("GIAS ({})", "D", "C3", "GIAS"),
+    )
     for c, (victim, batch) in enumerate(cases):
         for r, (metric, label) in enumerate(scores.items()):
             ax = axes[r][c]
             for k, (pattern, marker, color, name) in enumerate(kinds):
                 for i, prior in enumerate(priors):
                     s = tally.summary(metric, victim=victim, batch=batch, method=pattern.format(prior))
-                    ax.errorbar(s.mean, i + 0.22 * (k - 1), xerr=0 if math.isnan(s.sd) else s.sd, fmt=marker,
-                                color=color, ms=5, capsize=2, label=name if i == 0 else None)
+                    ax.errorbar(
+                        s.mean,
+                        i + 0.22 * (k - 1),
+                        xerr=0 if math.isnan(s.sd) else s.sd,
+                        fmt=marker,
+                        color=color,
+                        ms=5,
+                        capsize=2,
+                        label=name if i == 0 else None,
+                    )
             for method, style, color in ((reference, "-", "C2"), (floor, "--", "0.3")):
                 s = tally.summary(metric, victim=victim, batch=batch, method=method)
-                ax.axvline(s.mean, ls=style, lw=1, color=color,
-                           label=f"{method}{' (no gradient)' if method == floor else ''}")
+                ax.axvline(
+                    s.mean, ls=style, lw=1, color=color, label=f"{method}{' (no gradient)' if method == floor else ''}"
+                )
             ax.set_yticks(range(len(priors)), priors)
             ax.set_xlabel(label)
             ax.grid(axis="x", alpha=0.3)
@@ -368,8 +454,12 @@ def prior_dotplot(tally, cases: Sequence[tuple[str, int]], priors: Sequence[str]
     return fig
 
 
-def latent_distance_curves(traces: dict[str, Sequence[float | None]], tasks_per_step: int = 1, window: int = 20,
-                           size: tuple[float, float] = (6.5, 3.2)) -> plt.Figure:
+def latent_distance_curves(
+    traces: dict[str, Sequence[float | None]],
+    tasks_per_step: int = 1,
+    window: int = 20,
+    size: tuple[float, float] = (6.5, 3.2),
+) -> plt.Figure:
     """Each task's latent-search gradient distance against the meta-step it was met at (faint), and a running
     mean over ``window`` tasks, one colour per run (e.g. the victim frozen or training)."""
     fig, ax = plt.subplots(figsize=size)
@@ -377,8 +467,10 @@ def latent_distance_curves(traces: dict[str, Sequence[float | None]], tasks_per_
         steps = [i / tasks_per_step for i, v in enumerate(values) if v is not None]
         finite = [v for v in values if v is not None]
         ax.plot(steps, finite, ".", ms=2, alpha=0.25, color=f"C{k}")
-        running = [sum(finite[max(0, i - window + 1):i + 1]) / len(finite[max(0, i - window + 1):i + 1])
-                   for i in range(len(finite))]
+        running = [
+            sum(finite[max(0, i - window + 1) : i + 1]) / len(finite[max(0, i - window + 1) : i + 1])
+            for i in range(len(finite))
+        ]
         ax.plot(steps, running, "-", lw=1.8, color=f"C{k}", label=f"{name} (running mean of {window} tasks)")
     ax.set_xlabel("meta-step")
     ax.set_ylabel("latent-search distance (1 - cosine)")
@@ -389,8 +481,13 @@ def latent_distance_curves(traces: dict[str, Sequence[float | None]], tasks_per_
     return fig
 
 
-def tally_pivot(tally, methods: Sequence[str], columns: Sequence[dict[str, Any]], metrics: dict[str, str],
-                row_header: str = "method"):
+def tally_pivot(
+    tally,
+    methods: Sequence[str],
+    columns: Sequence[dict[str, Any]],
+    metrics: dict[str, str],
+    row_header: str = "method",
+):
     """A Markdown table with one row per method and one column per setting (``columns``: dicts of tally keys, e.g.
     ``{"victim": "S", "batch": 8}``); each cell lists the metrics as mean ± sd (ddof = 1) over the matching runs,
     joined by " · " (``metrics`` maps a metric to its format, ``"{:.1f} dB"`` or ``"{:.0%}"``). The n of each
@@ -404,7 +501,9 @@ def tally_pivot(tally, methods: Sequence[str], columns: Sequence[dict[str, Any]]
             if values:
                 s = mean_sd(values)
                 spread = "" if math.isnan(s.sd) else " ± " + fmt.format(s.sd).split(" ")[0]
-                parts.append(fmt.format(s.mean).split(" ")[0] + spread + (" " + fmt.split(" ", 1)[1] if " " in fmt else ""))
+                parts.append(
+                    fmt.format(s.mean).split(" ")[0] + spread + (" " + fmt.split(" ", 1)[1] if " " in fmt else "")
+                )
         return " · ".join(parts) if parts else "–"
 
     headers = {"method": row_header}
@@ -417,8 +516,9 @@ def tally_pivot(tally, methods: Sequence[str], columns: Sequence[dict[str, Any]]
     return markdown_table(rows, headers)
 
 
-def label_scores_figure(scores: torch.Tensor, class_names: Sequence[str], linthresh: float = 0.01,
-                        size: tuple[float, float] = (7.5, 3.0)) -> plt.Figure:
+def label_scores_figure(
+    scores: torch.Tensor, class_names: Sequence[str], linthresh: float = 0.01, size: tuple[float, float] = (7.5, 3.0)
+) -> plt.Figure:
     """Chapter 1: a last layer's bias gradient, one bar per class, each with its value.
 
     The label's entry is close to -1 and the others are small and positive, so the y axis is
@@ -430,8 +530,14 @@ def label_scores_figure(scores: torch.Tensor, class_names: Sequence[str], linthr
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.axhline(0, color="black", linewidth=0.8)
     for bar, v in zip(bars, values):
-        ax.annotate(f"{v:+.3f}", (bar.get_x() + bar.get_width() / 2, v), xytext=(0, 3 if v >= 0 else -11),
-                    textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(
+            f"{v:+.3f}",
+            (bar.get_x() + bar.get_width() / 2, v),
+            xytext=(0, 3 if v >= 0 else -11),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
     top = max(values)
     ax.set_ylim(min(values) * 2.5, top * 4 if top > 0 else 1)
     ax.set_ylabel("bias gradient dL/db\n(symmetric log scale)")
@@ -440,12 +546,15 @@ def label_scores_figure(scores: torch.Tensor, class_names: Sequence[str], linthr
     return fig
 
 
-def restarts_strip(images: torch.Tensor, grad_losses: Sequence[float], kept: int, truth: torch.Tensor | None = None,
-                   size: float = 1.9) -> plt.Figure:
+def restarts_strip(
+    images: torch.Tensor, grad_losses: Sequence[float], kept: int, truth: torch.Tensor | None = None, size: float = 1.9
+) -> plt.Figure:
     """The restarts of one search side by side (``images``: one image per restart), each titled with its final
     gradient distance; the restart the attacker keeps (the lowest distance) is framed and labelled "kept"."""
-    panels = [(images[k], f"restart {k + 1}\nd = {d:.3g}" + ("\n(kept)" if k == kept else "")) for k, d in
-              enumerate(grad_losses)]
+    panels = [
+        (images[k], f"restart {k + 1}\nd = {d:.3g}" + ("\n(kept)" if k == kept else ""))
+        for k, d in enumerate(grad_losses)
+    ]
     if truth is not None:
         panels.append((truth, "truth\n(unseen by\nthe attacker)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.9), squeeze=False)
@@ -471,9 +580,15 @@ def signals_figure(signals: dict[str, Any], size: tuple[float, float] = (10.0, 2
     return fig
 
 
-def leakage_figure(tally, ratio: dict[tuple[str, int], float], methods: Sequence[str], floors: Sequence[str] = (),
-                   metrics: dict[str, str] | None = None, size: tuple[float, float] = (3.1, 2.7),
-                   xlabel: str = "unknown pixels / independent gradient entries") -> plt.Figure:
+def leakage_figure(
+    tally,
+    ratio: dict[tuple[str, int], float],
+    methods: Sequence[str],
+    floors: Sequence[str] = (),
+    metrics: dict[str, str] | None = None,
+    size: tuple[float, float] = (3.1, 2.7),
+    xlabel: str = "unknown pixels / independent gradient entries",
+) -> plt.Figure:
     """Chapter 4's central figure: scores against unknowns per independent equation, one victim per colour.
 
     One column per method, one row per metric (``metrics`` maps a tally metric to its axis label;
@@ -495,8 +610,14 @@ def leakage_figure(tally, ratio: dict[tuple[str, int], float], methods: Sequence
     xs_all = [ratio[key] for key in ratio]
     lo, hi = min(xs_all) / 1.6, max(max(xs_all) * 1.6, 1.3)  # the line at ratio 1 always shows
     ticks = [t for t in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10) if lo <= t <= hi]
-    fig, axes = plt.subplots(len(metrics), len(methods), figsize=(size[0] * len(methods), size[1] * len(metrics) + 0.6),
-                             sharex=True, sharey="row", squeeze=False)
+    fig, axes = plt.subplots(
+        len(metrics),
+        len(methods),
+        figsize=(size[0] * len(methods), size[1] * len(metrics) + 0.6),
+        sharex=True,
+        sharey="row",
+        squeeze=False,
+    )
     for r, (metric, label) in enumerate(metrics.items()):
         percent = metric.startswith("identified")
         for c, method in enumerate(methods):
@@ -508,8 +629,11 @@ def leakage_figure(tally, ratio: dict[tuple[str, int], float], methods: Sequence
             ax.axvline(1.0, color="0.3", ls=(0, (4, 3)), lw=0.8)
             for victim in victims:
                 color, marker = styles[victim]
-                batches = sorted(b for b in tally.select(victim=victim, method=method).levels("batch")
-                                 if tally.values(metric, victim=victim, method=method, batch=b))
+                batches = sorted(
+                    b
+                    for b in tally.select(victim=victim, method=method).levels("batch")
+                    if tally.values(metric, victim=victim, method=method, batch=b)
+                )
                 xs, means, sds = [], [], []
                 for b in batches:
                     values = tally.values(metric, victim=victim, method=method, batch=b)
@@ -519,8 +643,15 @@ def leakage_figure(tally, ratio: dict[tuple[str, int], float], methods: Sequence
                     xs.append(x)
                     means.append(s.mean)
                     sds.append(0.0 if math.isnan(s.sd) else s.sd)
-                    ax.annotate(str(b), (x, s.mean), xytext=(4, 3), textcoords="offset points", fontsize=8,
-                                color=color, fontweight="bold")
+                    ax.annotate(
+                        str(b),
+                        (x, s.mean),
+                        xytext=(4, 3),
+                        textcoords="offset points",
+                        fontsize=8,
+                        color=color,
+                        fontweight="bold",
+                    )
                 if xs:
                     ax.errorbar(xs, means, yerr=sds, color=color, marker=marker, ms=4.5, lw=1.3, capsize=2.5)
             ax.set_xscale("log")
@@ -538,19 +669,34 @@ def leakage_figure(tally, ratio: dict[tuple[str, int], float], methods: Sequence
             if c == 0:
                 ax.set_ylabel(label, fontsize=10)
     handles = [Line2D([], [], color=styles[v][0], marker=styles[v][1], lw=1.3, label=f"victim {v}") for v in victims]
-    handles += [Line2D([], [], color="0.45", ls=floor_styles[k % 3], lw=1.2, label=f"{f} (no gradient)")
-                for k, f in enumerate(floors)]
+    handles += [
+        Line2D([], [], color="0.45", ls=floor_styles[k % 3], lw=1.2, label=f"{f} (no gradient)")
+        for k, f in enumerate(floors)
+    ]
     handles.append(Line2D([], [], color="0.3", ls=(0, (4, 3)), lw=0.8, label="ratio 1: under-determined by count"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=9, frameon=False,
-               title="numbers at the points: batch size; faint points: one seed each", title_fontsize=9)
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 6),
+        fontsize=9,
+        frameon=False,
+        title="numbers at the points: batch size; faint points: one seed each",
+        title_fontsize=9,
+    )
     bottom = 0.15 if len(metrics) > 1 else 0.25
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.text(0.5, bottom - 0.01, xlabel, ha="center", va="top", fontsize=10)
     return fig
 
 
-def settings_table(tally, settings: Sequence[dict[str, Any]], methods: Sequence[str], metrics: dict[str, str],
-                   extra: dict[str, Sequence[Any]] | None = None, setting_header: str = "setting"):
+def settings_table(
+    tally,
+    settings: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    metrics: dict[str, str],
+    extra: dict[str, Sequence[Any]] | None = None,
+    setting_header: str = "setting",
+):
     """A Markdown table with one row per setting (a dict of tally keys, e.g. ``{"victim": "S", "batch": 16}``) and
     one column per method; each cell holds the metrics as mean ± sd (ddof = 1), joined by " · " (``metrics`` maps a
     metric to a format such as ``"{:.1f} dB"`` or ``"{:.0%}"``), and each row its number of runs n. ``extra`` adds
@@ -566,13 +712,21 @@ def settings_table(tally, settings: Sequence[dict[str, Any]], methods: Sequence[
                 number, _, unit = fmt.partition("} ")
                 number = number + "}" if unit else fmt
                 spread = "" if math.isnan(s.sd) else " ± " + number.format(s.sd).rstrip("%")
-                parts.append(number.format(s.mean).rstrip("%") + spread + ("%" if "%" in number else "")
-                             + (" " + unit if unit else ""))
+                parts.append(
+                    number.format(s.mean).rstrip("%")
+                    + spread
+                    + ("%" if "%" in number else "")
+                    + (" " + unit if unit else "")
+                )
         return " · ".join(parts) if parts else "–"
 
     extra = extra or {}
-    columns = {"setting": setting_header, **{f"x{k}": h for k, h in enumerate(extra)},
-               **{f"m{k}": m for k, m in enumerate(methods)}, "n": "n"}
+    columns = {
+        "setting": setting_header,
+        **{f"x{k}": h for k, h in enumerate(extra)},
+        **{f"m{k}": m for k, m in enumerate(methods)},
+        "n": "n",
+    }
     rows = []
     for i, where in enumerate(settings):
         row = {"setting": ", ".join(f"{k} {v}" for k, v in where.items())}
@@ -583,8 +737,15 @@ def settings_table(tally, settings: Sequence[dict[str, Any]], methods: Sequence[
     return markdown_table(rows, columns, formats={"n": "{:d}", **{f"x{k}": "{:.2f}" for k in range(len(extra))}})
 
 
-def option_table(tally, options: dict[Any, str], methods: Sequence[str], metrics: dict[str, tuple[str, str]],
-                 extra: dict[str, Sequence[Any]] | None = None, key: str = "option", header: str = "option"):
+def option_table(
+    tally,
+    options: dict[Any, str],
+    methods: Sequence[str],
+    metrics: dict[str, tuple[str, str]],
+    extra: dict[str, Sequence[Any]] | None = None,
+    key: str = "option",
+    header: str = "option",
+):
     """A Markdown table with one row per value of ``key`` (``options`` maps each value to its label) and one column
     per method; each cell holds the metrics as mean ± sd (ddof = 1) over the matching rows, joined by " · "
     (``metrics`` maps a metric to ``(format, unit)``, e.g. ``("{:.1f}", " dB")``). ``extra`` adds columns after the
@@ -592,13 +753,20 @@ def option_table(tally, options: dict[Any, str], methods: Sequence[str], metrics
     from .stats import mean_sd
 
     def cell(method: str, value: Any) -> str:
-        parts = [mean_sd(v).format(fmt, unit, with_n=False) for metric, (fmt, unit) in metrics.items()
-                 if (v := tally.values(metric, method=method, **{key: value}))]
+        parts = [
+            mean_sd(v).format(fmt, unit, with_n=False)
+            for metric, (fmt, unit) in metrics.items()
+            if (v := tally.values(metric, method=method, **{key: value}))
+        ]
         return " · ".join(parts) if parts else "–"
 
     extra = extra or {}
-    columns = {"label": header, **{f"x{k}": h for k, h in enumerate(extra)},
-               **{f"m{k}": m for k, m in enumerate(methods)}, "n": "n"}
+    columns = {
+        "label": header,
+        **{f"x{k}": h for k, h in enumerate(extra)},
+        **{f"m{k}": m for k, m in enumerate(methods)},
+        "n": "n",
+    }
     rows = []
     for i, (value, label) in enumerate(options.items()):
         row = {"label": label, **{f"x{k}": texts[i] for k, texts in enumerate(extra.values())}}
@@ -613,8 +781,9 @@ def option_grid(rows: dict[str, dict[str, torch.Tensor]], size: float = 1.0, tit
     (the inner dicts' keys, the same in every row); each cell shows its batch ``(B, C, H, W)`` side by side."""
     options = list(next(iter(rows.values())))
     batch = max(len(images) for by_option in rows.values() for images in by_option.values())
-    fig, axes = plt.subplots(len(rows), len(options), squeeze=False,
-                             figsize=(size * batch * len(options) + 1.2, size * len(rows) + 0.5))
+    fig, axes = plt.subplots(
+        len(rows), len(options), squeeze=False, figsize=(size * batch * len(options) + 1.2, size * len(rows) + 0.5)
+    )
     for r, (label, by_option) in enumerate(rows.items()):
         for c, option in enumerate(options):
             images = by_option[option].detach().cpu().clamp(0, 1)
@@ -628,8 +797,14 @@ def option_grid(rows: dict[str, dict[str, torch.Tensor]], size: float = 1.0, tit
     return fig
 
 
-def option_scores(tally, options: dict[Any, str], methods: Sequence[str], floors: Sequence[str] = (),
-                  key: str = "option", size: tuple[float, float] = (10.0, 3.4)) -> plt.Figure:
+def option_scores(
+    tally,
+    options: dict[Any, str],
+    methods: Sequence[str],
+    floors: Sequence[str] = (),
+    key: str = "option",
+    size: tuple[float, float] = (10.0, 3.4),
+) -> plt.Figure:
     """Two panels (identification, PSNR): per option (x, categorical; ``options`` maps values of ``key`` to labels),
     each method's mean ± sd over the matching rows, and the ``floors`` (no-gradient guesses) as grey crosses."""
     import textwrap
@@ -637,8 +812,9 @@ def option_scores(tally, options: dict[Any, str], methods: Sequence[str], floors
     from .stats import mean_sd
 
     fig, axes = plt.subplots(1, 2, figsize=size)
-    series = [(m, "o", f"C{k}") for k, m in enumerate(methods)] + \
-             [(f, "x", f"{0.25 + 0.3 * k:.2f}") for k, f in enumerate(floors)]
+    series = [(m, "o", f"C{k}") for k, m in enumerate(methods)] + [
+        (f, "x", f"{0.25 + 0.3 * k:.2f}") for k, f in enumerate(floors)
+    ]
     width = 0.6 / max(1, len(series) - 1)
     for ax, (metric, label) in zip(axes, (("identified", "identified"), ("psnr", "PSNR (dB)"))):
         for k, (method, marker, color) in enumerate(series):
@@ -660,14 +836,21 @@ def option_scores(tally, options: dict[Any, str], methods: Sequence[str], floors
             ax.set_ylim(-0.05, 1.05)
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     n = len(tally.values("psnr", method=methods[0], **{key: next(iter(options))}))
-    fig.suptitle(f"What the curious server's attacks recover under each option (mean ± sd, n = {n} updates each)",
-                 fontsize=10)
+    fig.suptitle(
+        f"What the curious server's attacks recover under each option (mean ± sd, n = {n} updates each)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
 
-def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict], floors: dict[str, Any],
-                           anchors: Sequence[dict] = (), cap: float = 1e3, size: tuple[float, float] = (10.0, 6.4)) -> plt.Figure:
+def privacy_utility_figure(
+    utility: Sequence[dict],
+    attack_points: Sequence[dict],
+    floors: dict[str, Any],
+    anchors: Sequence[dict] = (),
+    cap: float = 1e3,
+    size: tuple[float, float] = (10.0, 6.4),
+) -> plt.Figure:
     """Chapter 6's privacy-utility figure, four panels.
 
     Top: test accuracy (mean ± sd) of DP-SGD against its example-level epsilon (``utility`` rows of
@@ -688,15 +871,27 @@ def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict
     sgd = [r for r in utility if r["experiment"] == "dp_sgd"]
     private = sorted((r for r in sgd if math.isfinite(r["target_epsilon"])), key=lambda r: r["target_epsilon"])
     if private:
-        acc_eps.errorbar([r["epsilon"] for r in private], [100 * r["accuracy"].mean for r in private],
-                         yerr=[0 if math.isnan(r["accuracy"].sd) else 100 * r["accuracy"].sd for r in private],
-                         marker="o", capsize=3, label="DP-SGD (this book, shipped)")
+        acc_eps.errorbar(
+            [r["epsilon"] for r in private],
+            [100 * r["accuracy"].mean for r in private],
+            yerr=[0 if math.isnan(r["accuracy"].sd) else 100 * r["accuracy"].sd for r in private],
+            marker="o",
+            capsize=3,
+            label="DP-SGD (this book, shipped)",
+        )
     for r in sgd:
         if not math.isfinite(r["target_epsilon"]):
             acc_eps.axhline(100 * r["accuracy"].mean, color="grey", ls="--", lw=1, label="same network, no privacy")
     for a in anchors:
-        acc_eps.scatter([a["epsilon"]], [100 * a["accuracy"]], marker="*", s=120, color="C3", zorder=3,
-                        label=a["source"][:40] + ("…" if len(a["source"]) > 40 else ""))
+        acc_eps.scatter(
+            [a["epsilon"]],
+            [100 * a["accuracy"]],
+            marker="*",
+            s=120,
+            color="C3",
+            zorder=3,
+            label=a["source"][:40] + ("…" if len(a["source"]) > 40 else ""),
+        )
     acc_eps.set_xscale("log")
     if private:
         acc_eps.set_xticks([r["epsilon"] for r in private], [f"{r['target_epsilon']:g}" for r in private])
@@ -706,14 +901,19 @@ def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict
     acc_eps.legend(fontsize=7)
     fed = [r for r in utility if r["experiment"] == "dp_fedavg"]
     for private_run, style in ((True, "o-"), (False, "s--")):
-        rows = sorted((r for r in fed if math.isfinite(r["target_epsilon"]) == private_run),
-                      key=lambda r: r["clients_per_round"])
+        rows = sorted(
+            (r for r in fed if math.isfinite(r["target_epsilon"]) == private_run), key=lambda r: r["clients_per_round"]
+        )
         if rows:
             eps = rows[0]["target_epsilon"]
-            acc_m.errorbar([r["clients_per_round"] for r in rows], [100 * r["accuracy"].mean for r in rows],
-                           yerr=[0 if math.isnan(r["accuracy"].sd) else 100 * r["accuracy"].sd for r in rows],
-                           fmt=style, capsize=3,
-                           label=f"central DP-FedAvg, client-level ε = {eps:g}" if private_run else "FedSGD, no privacy")
+            acc_m.errorbar(
+                [r["clients_per_round"] for r in rows],
+                [100 * r["accuracy"].mean for r in rows],
+                yerr=[0 if math.isnan(r["accuracy"].sd) else 100 * r["accuracy"].sd for r in rows],
+                fmt=style,
+                capsize=3,
+                label=f"central DP-FedAvg, client-level ε = {eps:g}" if private_run else "FedSGD, no privacy",
+            )
     acc_m.set_xscale("log")
     if fed:
         ms = sorted({r["clients_per_round"] for r in fed})
@@ -722,11 +922,21 @@ def privacy_utility_figure(utility: Sequence[dict], attack_points: Sequence[dict
     acc_m.set_xlabel("expected clients per round (Poisson sampling)", fontsize=8)
     acc_m.set_ylabel("test accuracy (%)")
     acc_m.legend(fontsize=7)
-    for ax, metric, label in ((ident_ax, "identified", "best attack: identified"), (psnr_ax, "psnr", "best attack: PSNR (dB)")):
+    for ax, metric, label in (
+        (ident_ax, "identified", "best attack: identified"),
+        (psnr_ax, "psnr", "best attack: PSNR (dB)"),
+    ):
         for k, point in enumerate(attack_points):
             s = point[metric]
-            ax.errorbar([x_of(point["epsilon"])], [s.mean], yerr=[0 if math.isnan(s.sd) else s.sd], fmt="o",
-                        color=f"C{k % 10}", capsize=3, label=point["label"])
+            ax.errorbar(
+                [x_of(point["epsilon"])],
+                [s.mean],
+                yerr=[0 if math.isnan(s.sd) else s.sd],
+                fmt="o",
+                color=f"C{k % 10}",
+                capsize=3,
+                label=point["label"],
+            )
         for j, (name, pair) in enumerate(floors.items()):
             value = pair[0] if metric == "identified" else pair[1]
             ax.axhline(value.mean, color=f"{0.3 + 0.25 * j:.2f}", ls=":", lw=1.2, label=f"floor: {name}")

@@ -31,8 +31,8 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q",
-                    "gi-tutorial[offline] @ git+{url}@{branch}"], check=True)"""
+    package = "gi-tutorial[offline] @ git+{url}@{branch}"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)"""  # as ruff formats it
 
 
 def install_cell_source(config_path: Path = ROOT / "_config.yml") -> str:
