@@ -68,6 +68,8 @@ def test_notebook_committed_clean(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_student_copy_has_no_solutions(path):
+    if not path.stem.startswith("ch"):
+        pytest.skip(f"{path.name} is not a chapter: it has no exercises")
     nb = nbformat.read(path, as_version=4)
     solution_code = []
     inside = False
@@ -92,6 +94,7 @@ def test_student_copy_has_no_solutions(path):
             if line.startswith("    ")
             and line.strip()
             and not line.strip().startswith(('"""', "raise NotImplementedError"))
+            and any(ch.isalnum() for ch in line)  # a closing bracket alone (the formatter's) is no leak
         ]
         for line in body:
             assert line not in text, f"a solution's code leaked into the student copy: {line!r}"

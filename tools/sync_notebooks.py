@@ -31,13 +31,18 @@ import sys
 if "google.colab" in sys.modules:
     import subprocess
 
-    package = "gi-tutorial[offline] @ git+{url}@{branch}"
+    package = "gi-tutorial[{extras}] @ git+{url}@{branch}"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", package], check=True)"""  # as ruff formats it
 
 
-def install_cell_source(config_path: Path = ROOT / "_config.yml") -> str:
+# the package's extras each chapter installs in Colab (default: the offline data); chapter 7 runs Flower
+EXTRAS = {"ch07_flower": "offline,flower"}
+
+
+def install_cell_source(config_path: Path = ROOT / "_config.yml", stem: str = "") -> str:
     repository = yaml.safe_load(config_path.read_text())["repository"]
-    return TEMPLATE.format(url=repository["url"], branch=repository.get("branch", "main"))
+    extras = EXTRAS.get(stem, "offline")
+    return TEMPLATE.format(url=repository["url"], branch=repository.get("branch", "main"), extras=extras)
 
 
 def repository(config_path: Path = ROOT / "_config.yml") -> dict:
@@ -85,8 +90,7 @@ def sync(path: Path, source: str, check: bool) -> bool:
 
 def main(argv: list[str]) -> int:
     check = "--check" in argv
-    source = install_cell_source()
-    stale = [p.name for p in notebooks() if not sync(p, source, check)]
+    stale = [p.name for p in notebooks() if not sync(p, install_cell_source(stem=p.stem), check)]
     if stale and check:
         print("out of date (run python tools/sync_notebooks.py):", ", ".join(stale))
         return 1
