@@ -54,8 +54,12 @@ def attack_group(
     tally: stats.Tally,
     images: torch.Tensor,
     labels: torch.Tensor,
+    stick: yardstick.Yardstick | None = None,
 ) -> None:
-    """One group: the victim's update on its images, every recipe, one row each in ``tally``."""
+    """One group: the victim's update on its images, every recipe, one row each in ``tally``.
+
+    ``stick``: the yardstick (default: Fashion-MNIST's, without the group's images).
+    """
     x, y = images[first : first + batch], labels[first : first + batch]
     model = models.build_model(models.VICTIMS[victim], in_channels=1, seed=seed)
     update = fl.client_update(model, x, y, share_labels=True)
@@ -65,7 +69,7 @@ def attack_group(
         recipes,
         truth=x,
         truth_labels=y,
-        yardstick=yardstick.fashion_mnist(exclude=x),
+        yardstick=stick or yardstick.fashion_mnist(exclude=x),
         generators=priors,
         tally=tally,
         seed=seed,
