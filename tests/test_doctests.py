@@ -24,9 +24,11 @@ MODULES = [
     "generators",
     "giml",
     "defenses",
+    "stats",
+    "claims",
 ]
 # modules whose docstrings hold examples: a doctest run that finds none there is a failure too
-WITH_EXAMPLES = {"config", "objectives", "priors", "metrics", "separation"}
+WITH_EXAMPLES = {"config", "objectives", "priors", "metrics", "separation", "stats", "claims"}
 
 
 @pytest.mark.parametrize("name", MODULES)

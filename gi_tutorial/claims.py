@@ -1,0 +1,190 @@
+"""The book's claims, and whether each survives seeds and images that the chapter did not use.
+
+A *claim* compares two methods (or two settings, e.g. two batch sizes) on one score, paired
+over the chapter's groups (the same seed, victim and images under both): "GIAS beats GI-x on
+identification" is ``Claim("GIAS", "GI-x", "identified", margin=0.0)``. Its *outcome* is one of
+three words, computed from the numbers by :func:`gi_tutorial.stats.paired`:
+
+- ``"ahead"``: A leads by more than the margin on average and in every pair;
+- ``"behind"``: B does;
+- ``"no clear winner"``: anything else.
+
+Every chapter states the outcome on its own runs and beside it the outcome of the same
+comparison on held-out victim seeds and images (``make verify`` re-runs those). A claim is
+*borne out* (:func:`still_holds`) when the held-out outcome finds "ahead" or "behind" again; a
+"no clear winner" is borne out unless the held-out groups show a clear winner against the
+direction of the chapter's mean gap (a clear winner in its direction only sharpens it). Where a
+claim is not borne out, the book says so and does not claim it (:meth:`Check.verdict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gi_tutorial import stats
+
+Outcome = Literal["ahead", "behind", "no clear winner"]
+
+# metric -> (name in the text, unit, format); the margins live on each claim
+SCORES: dict[str, tuple[str, str, str]] = {
+    "psnr": ("PSNR", " dB", "{:.1f}"),
+    "identified": ("identification", "", "{:.0%}"),
+    "identified_psnr": ("identification (by PSNR)", "", "{:.0%}"),
+    "identified_ssim": ("identification (by SSIM)", "", "{:.0%}"),
+    "ssim": ("SSIM", "", "{:.2f}"),
+}
+
+
+def outcome(result: stats.Paired) -> Outcome:
+    """A paired comparison's verdict in one word (what :func:`~gi_tutorial.stats.compare` says in a sentence).
+
+    >>> outcome(stats.paired([20.0, 22.0, 25.0], [15.0, 19.5, 18.0], margin=1.0))
+    'ahead'
+    >>> outcome(stats.paired([20.0, 22.0, 25.0], [15.0, 21.5, 18.0], margin=1.0))
+    'no clear winner'
+    """
+    return "ahead" if result.holds else "behind" if result.reversed else "no clear winner"
+
+
+def still_holds(said: Outcome, leaning: float, found: Outcome) -> bool:
+    """Whether a held-out outcome ``found`` bears out the chapter's outcome ``said``.
+
+    "Ahead" and "behind" must be found again. "No clear winner" holds unless the held-out check
+    finds a clear winner against ``leaning``, the sign of the chapter's mean gap (A minus B).
+
+    >>> still_holds("ahead", 4.0, "no clear winner"), still_holds("no clear winner", 0.5, "ahead")
+    (False, True)
+    >>> still_holds("no clear winner", 0.5, "behind")
+    False
+    """
+    for value, name in ((said, "said"), (found, "found")):
+        if value not in ("ahead", "behind", "no clear winner"):
+            raise ValueError(f"{name} must be 'ahead', 'behind' or 'no clear winner', got {value!r}")
+    if said != "no clear winner":
+        return found == said
+    return found != ("behind" if leaning >= 0 else "ahead")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One comparison a chapter states: ``a`` against ``b`` (values of the tally's key ``by``) on ``metric``.
+
+    ``where`` selects the runs (e.g. ``{"victim": "S", "batch": 16}``); ``name`` is how the
+    chapter's text refers to it. A tally's other keys (seeds, image groups) are the pairs.
+    """
+
+    a: Any
+    b: Any
+    metric: str
+    margin: float
+    by: str = "method"
+    where: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.metric not in SCORES:
+            raise ValueError(f"metric must be one of {sorted(SCORES)}, got {self.metric!r}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
+
+    @property
+    def label(self) -> str:
+        return self.name or f"{self.a} vs {self.b}"
+
+    @property
+    def score(self) -> str:
+        return SCORES[self.metric][0]
+
+    def paired(self, tally: stats.Tally) -> stats.Paired:
+        return tally.paired(self.a, self.b, self.metric, by=self.by, margin=self.margin, **self.where)
+
+    def sentence(self, tally: stats.Tally) -> str:
+        """The comparison on ``tally``'s runs, in words, with its verdict computed (:func:`stats.compare`)."""
+        _, unit, fmt = SCORES[self.metric]
+        return stats.compare(self.side(self.a), self.side(self.b), self.paired(tally), unit=unit, fmt=fmt)
+
+    def side(self, value: Any) -> str:
+        return f"{self.by} {value}" if self.by != "method" else str(value)
+
+    def words(self, said: Outcome) -> str:
+        """An outcome in the claim's own terms: "GIAS wins", "GI-x wins" or "no clear winner"."""
+        return {"ahead": f"{self.side(self.a)} wins", "behind": f"{self.side(self.b)} wins"}.get(said, said)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A claim on the chapter's runs beside the same claim on held-out runs."""
+
+    claim: Claim
+    chapter: stats.Paired
+    held_out: stats.Paired
+
+    @property
+    def said(self) -> Outcome:
+        return outcome(self.chapter)
+
+    @property
+    def found(self) -> Outcome:
+        return outcome(self.held_out)
+
+    @property
+    def borne_out(self) -> bool:
+        return still_holds(self.said, self.chapter.gap.mean, self.found)
+
+    def verdict(self) -> str:
+        """What the book claims, in words: the chapter's outcome where held-out runs bear it out, else nothing."""
+        said, found = self.claim.words(self.said), self.claim.words(self.found)
+        if self.borne_out:
+            tail = "found again" if said == found else f"held out: {found}"
+            return f"{said} ({tail})"
+        return f"not robust: {said} on the chapter's runs, {found} held out; the book does not claim it"
+
+
+def check(claims: Iterable[Claim], chapter: stats.Tally, held_out: stats.Tally) -> list[Check]:
+    """Each claim on the chapter's tally and on the held-out tally."""
+    return [Check(c, c.paired(chapter), c.paired(held_out)) for c in claims]
+
+
+def rows(checks: Iterable[Check]) -> list[dict[str, str]]:
+    """One row per check for a table: the claim, its score, both sentences and the book's verdict."""
+    return [
+        {
+            "claim": c.claim.label,
+            "score": c.claim.score,
+            "chapter": _sentence(c, "chapter"),
+            "held_out": _sentence(c, "held_out"),
+            "verdict": c.verdict(),
+        }
+        for c in checks
+    ]
+
+
+def _sentence(c: Check, part: str) -> str:
+    _, unit, fmt = SCORES[c.claim.metric]
+    return stats.compare(c.claim.side(c.claim.a), c.claim.side(c.claim.b), getattr(c, part), unit=unit, fmt=fmt)
+
+
+COLUMNS = {
+    "claim": "comparison",
+    "score": "score",
+    "chapter": "this chapter's runs",
+    "held_out": "held out",
+    "verdict": "what the book claims",
+}
+
+
+def summary(checks: Iterable[Check]) -> str:
+    """One sentence: how many of the chapter's claims held-out runs bear out, and which do not.
+
+    >>> t = stats.Tally(keys=("seed", "method"))
+    >>> for s, (x, g) in enumerate([(12.0, 15.5), (10.0, 14.0), (11.0, 16.5)]):
+    ...     t.add(seed=s, method="GI-x", psnr=x); t.add(seed=s, method="GIAS", psnr=g)
+    >>> summary(check([Claim("GIAS", "GI-x", "psnr", margin=1.0)], t, t))
+    '1 of 1 verdicts are borne out on held-out seeds and images.'
+    """
+    checks = list(checks)
+    failed = [f"{c.claim.label} ({c.claim.score})" for c in checks if not c.borne_out]
+    text = f"{len(checks) - len(failed)} of {len(checks)} verdicts are borne out on held-out seeds and images"
+    return text + (f"; not: {', '.join(failed)}." if failed else ".")
