@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gi_tutorial import stats
+from gi_tutorial import stats, storage
 
 Outcome = Literal["ahead", "behind", "no clear winner"]
 
@@ -82,6 +82,21 @@ class Claim:
     by: str = "method"
     where: Mapping[str, Any] = field(default_factory=dict)
     name: str = ""
+    experiment: str = ""  # which of a chapter's experiments (tallies) the claim is about
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """How a chapter's list of outcomes refers to the claim: its label and its score."""
+        return self.label, self.metric
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in ("a", "b", "metric", "margin", "by", "name", "experiment")} | {
+            "where": dict(self.where)
+        }
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]) -> Claim:
+        return cls(**payload)
 
     def __post_init__(self) -> None:
         if self.metric not in SCORES:
@@ -188,3 +203,151 @@ def summary(checks: Iterable[Check]) -> str:
     failed = [f"{c.claim.label} ({c.claim.score})" for c in checks if not c.borne_out]
     text = f"{len(checks) - len(failed)} of {len(checks)} verdicts are borne out on held-out seeds and images"
     return text + (f"; not: {', '.join(failed)}." if failed else ".")
+
+
+@dataclass(frozen=True)
+class SliceCheck:
+    """A live re-run of some shipped runs beside them, method by method (:func:`check_slice`).
+
+    ``rows``: per method, ``metric`` -> ``(shipped, live)`` and ``same`` (every metric within
+    tolerance). ``tolerance`` is in dB for PSNR (and in the units of any other non-identification
+    score); identification rates may differ by ``images`` images of the batch.
+    """
+
+    rows: list[dict[str, Any]]
+    metrics: tuple[str, ...]
+    tolerance: float
+    images: int
+
+    @property
+    def agree(self) -> int:
+        return sum(r["same"] for r in self.rows)
+
+    def largest(self, metric: str) -> float:
+        """The largest difference between live and shipped on ``metric``, over the methods."""
+        return max(abs(r[metric][1] - r[metric][0]) for r in self.rows)
+
+    def sentence(self) -> str:
+        """Whether the live re-run reproduces the shipped numbers, in words, with the largest differences.
+
+        >>> t = stats.Tally(keys=("batch", "method"))
+        >>> t.add(batch=4, method="GI-x", psnr=14.2, identified=0.5); t.add(batch=4, method="GIAS", psnr=15.0, identified=0.75)
+        >>> live = stats.Tally(keys=("method",))
+        >>> live.add(method="GI-x", psnr=14.5, identified=0.5); live.add(method="GIAS", psnr=15.9, identified=0.75)
+        >>> check_slice(t, live, ("psnr", "identified")).sentence()
+        'the live re-run reproduces the shipped numbers for 1 of 2 methods (within 0.5 dB of PSNR and one image of identification; largest differences 0.9 dB of PSNR and 0% of identification)'
+        """
+        limits = [f"{self.tolerance:g}{SCORES[m][1]} of {SCORES[m][0]}" for m in self.metrics if not _is_rate(m)]
+        limits += [
+            f"{'one image' if self.images == 1 else f'{self.images} images'} of {SCORES[m][0]}"
+            for m in self.metrics
+            if _is_rate(m)
+        ]
+        largest = [f"{SCORES[m][2].format(self.largest(m))}{SCORES[m][1]} of {SCORES[m][0]}" for m in self.metrics]
+        return (
+            f"the live re-run reproduces the shipped numbers for {self.agree} of {len(self.rows)} methods "
+            f"(within {' and '.join(limits)}; largest differences {' and '.join(largest)})"
+        )
+
+
+def _is_rate(metric: str) -> bool:
+    return metric.startswith("identified")
+
+
+def check_slice(
+    shipped: stats.Tally,
+    live: stats.Tally,
+    metrics: Iterable[str],
+    *,
+    tolerance: float = 0.5,
+    images: int = 1,
+    by: str = "method",
+    **where: Any,
+) -> SliceCheck:
+    """A live re-run against the shipped runs it repeats: ``shipped`` selected by ``where`` has one row per method.
+
+    Each method of the shipped slice must be in ``live``; identification rates are compared within
+    ``images`` images of the shipped row's ``batch``, other scores within ``tolerance``.
+
+    Raises:
+        ValueError: the slice is empty, holds a method twice, or a method has no live run.
+    """
+    metrics = tuple(metrics)
+    for metric in metrics:
+        if metric not in SCORES:
+            raise ValueError(f"metric must be one of {sorted(SCORES)}, got {metric!r}")
+    picked = shipped.select(**where).rows
+    methods = [r[by] for r in picked]
+    if not picked or len(set(methods)) != len(methods):
+        raise ValueError(f"the shipped slice {where} must hold one run per {by}; it holds {methods}")
+    rows = []
+    for row in picked:
+        mine = live.select(**{by: row[by]}).rows
+        if not mine:
+            raise ValueError(f"no live run of {row[by]!r}; the live tally has {live.levels(by)}")
+        if any(_is_rate(m) for m in metrics) and "batch" not in row:
+            raise ValueError(f"identification is compared within {images} image(s) of the batch: a row needs 'batch'")
+        line: dict[str, Any] = {"method": row[by]}
+        same = True
+        for metric in metrics:
+            line[metric] = (row[metric], mine[0][metric])
+            limit = images / row["batch"] if _is_rate(metric) else tolerance
+            same &= abs(mine[0][metric] - row[metric]) <= limit + 1e-9
+        rows.append({**line, "same": same})
+    return SliceCheck(rows, metrics, tolerance, images)
+
+
+Said = tuple[Outcome, float]  # a chapter's outcome for a claim, and the sign of its mean gap (A minus B)
+
+
+def verify(
+    claims: Iterable[Claim],
+    said: Mapping[tuple[str, str], Said],
+    fresh: stats.Tally,
+    shipped: stats.Tally | None = None,
+) -> tuple[list[str], int]:
+    """``make verify``'s test of one experiment: each claim on ``fresh`` held-out runs, against the chapter.
+
+    ``said`` holds the chapter's outcome of each claim (by :attr:`Claim.key`) from its last full
+    run. A claim the book makes must be borne out by ``fresh`` (:func:`still_holds`); a claim
+    that the shipped held-out runs (``shipped``, the ones the chapter prints) did not bear out is
+    one the book says it does not make (:meth:`Check.verdict`), so it is reported, not counted.
+    Returns the report's lines and how many claims the book makes that ``fresh`` does not bear out.
+
+    Raises:
+        ValueError: a claim has no outcome in ``said``.
+    """
+    lines, failed = [], 0
+    for claim in claims:
+        if claim.key not in said:
+            raise ValueError(f"no chapter outcome for the claim {claim.key}; known: {sorted(said)}")
+        outcome_said, leaning = said[claim.key]
+        result = claim.paired(fresh)
+        found = outcome(result)
+        made = shipped is None or still_holds(outcome_said, leaning, outcome(claim.paired(shipped)))
+        if still_holds(outcome_said, leaning, found):
+            status = "holds"
+        elif not made:
+            status = "not borne out, as the shipped check found: the book does not claim it"
+        else:
+            status, failed = "DOES NOT HOLD", failed + 1
+        _, unit, fmt = SCORES[claim.metric]
+        lines.append(
+            f"  {claim.label} ({claim.score}): chapter says {claim.words(outcome_said)}, held out "
+            f"{claim.words(found)}: {status}\n"
+            f"      held out: {stats.compare(claim.side(claim.a), claim.side(claim.b), result, unit=unit, fmt=fmt)}"
+        )
+    return lines, failed
+
+
+def save(path, claims: Iterable[Claim], tallies: Mapping[str, stats.Tally], **provenance: Any) -> dict:
+    """Ship a held-out check: its claims and its runs (one tally per experiment), with provenance."""
+    payload = {"claims": [c.to_json() for c in claims], "tallies": {k: t.to_json() for k, t in tallies.items()}}
+    return storage.save_results(path, payload, **provenance)
+
+
+def load(path) -> tuple[list[Claim], dict[str, stats.Tally], dict]:
+    """A shipped held-out check (hash-checked): its claims, its tallies by experiment, and its record."""
+    payload, record = storage.load_results(path)
+    tallies = {k: stats.Tally.from_json(t) for k, t in payload["tallies"].items()}
+    return [Claim.from_json(c) for c in payload["claims"]], tallies, record

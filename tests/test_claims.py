@@ -75,3 +75,27 @@ def test_bad_claims_are_refused(kwargs, message):
 def test_still_holds_refuses_unknown_outcomes():
     with pytest.raises(ValueError, match="'ahead', 'behind' or 'no clear winner'"):
         claims.still_holds("A wins", 1.0, "ahead")
+
+
+def test_claims_travel_as_json():
+    claim = claims.Claim(1, 8, "identified", margin=0.0, by="batch", where={"method": "DLG"}, experiment="sweep")
+    assert claims.Claim.from_json(claim.to_json()) == claim
+
+
+def test_verify_counts_only_the_claims_the_book_makes():
+    wins, level = claims.Claim("A", "B", "psnr", margin=1.0), claims.Claim("A", "B", "identified", margin=0.0)
+    said = {wins.key: ("ahead", 4.8), level.key: ("no clear winner", 0.1)}
+    lines, failed = claims.verify([wins, level], said, fresh=MIXED, shipped=CLEAR)
+    assert failed == 1 and "DOES NOT HOLD" in lines[0]  # the book claims "A wins"; these runs do not bear it out
+    lines, failed = claims.verify([wins], said, fresh=MIXED, shipped=MIXED)
+    assert failed == 0 and "the book does not claim it" in lines[0]  # the chapter already says it is not robust
+    assert claims.verify([wins], said, fresh=CLEAR, shipped=MIXED)[1] == 0
+    with pytest.raises(ValueError, match="no chapter outcome"):
+        claims.verify([wins], {}, fresh=CLEAR)
+
+
+def test_a_held_out_check_is_shipped_and_loaded(tmp_path):
+    claim = claims.Claim("A", "B", "psnr", margin=1.0, experiment="main")
+    claims.save(tmp_path / "check.json", [claim], {"main": CLEAR}, command="test", seeds=[0, 1, 2])
+    loaded, tallies, record = claims.load(tmp_path / "check.json")
+    assert loaded == [claim] and tallies["main"].rows == CLEAR.rows and record["seeds"] == [0, 1, 2]
