@@ -47,13 +47,11 @@ from pathlib import Path
 
 import torch
 
+from gi_tutorial import analytic, attacks, claims, config, data, fl, generators, models, stats, storage
+from gi_tutorial import yardstick as yardsticks
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from gi_tutorial import analytic, attacks, config, data, fl, generators, models, stats, storage  # noqa: E402
-from gi_tutorial import yardstick as yardsticks  # noqa: E402
-
-OUT = ROOT / "gi_tutorial" / "results" / "central_figure.json"
+OUT = storage.RESULTS / "central_figure.json"
 KEYS = ("part", "victim", "batch", "seed", "method")
 IMAGE_SHAPE = (1, 32, 32)
 TV_GRID = (1e-3, 1e-2, 3e-2, 1e-1)  # GI-x's total variation, tried on public images (1e-3 is the chapters')
@@ -129,8 +127,12 @@ QUICK = Plan(
 
 
 @dataclass(frozen=True)
-class Claim:
-    """One of chapter 4's verdicts: method ``a`` against ``b``, paired over seeds (and batch sizes), on both scores."""
+class Comparison:
+    """One of chapter 4's verdicts: method ``a`` against ``b``, paired over seeds (and batch sizes), on both scores.
+
+    Shipped as it is (``asdict``) in the results' ``claims``; :meth:`on` is the
+    :class:`gi_tutorial.claims.Claim` on one score.
+    """
 
     name: str
     a: str
@@ -138,61 +140,51 @@ class Claim:
     where: dict  # part, victim, batch (a list: any of them)
     margins: dict = field(default_factory=lambda: {"psnr": 1.0, "identified": 0.05})
 
+    def on(self, metric: str) -> claims.Claim:
+        """The claim on ``metric``: ``"psnr"`` or an identification rate (``"identified"``, the yardstick's
+        score, or ``"identified_psnr"`` / ``"identified_ssim"``: the battery records both)."""
+        margin = self.margins["identified" if metric.startswith("identified") else metric]
+        return claims.Claim(self.a, self.b, metric, margin, where=self.where, name=self.name)
+
 
 UNDER = [16]  # victim S under-determined by the true count (ratio 1.28); batch 32 is drawn, not checked (time)
 CLAIMS = (
-    Claim("ablation, victim A, batch 4: GIAS against GI-z", "GIAS", "GI-z", {"part": "ablation", "batch": 4}),
-    Claim("ablation, victim A, batch 4: GIAS against GI-x", "GIAS", "GI-x", {"part": "ablation", "batch": 4}),
-    Claim("ablation, victim A, batch 4: GIAS against GI-w", "GIAS", "GI-w", {"part": "ablation", "batch": 4}),
-    Claim(
+    Comparison("ablation, victim A, batch 4: GIAS against GI-z", "GIAS", "GI-z", {"part": "ablation", "batch": 4}),
+    Comparison("ablation, victim A, batch 4: GIAS against GI-x", "GIAS", "GI-x", {"part": "ablation", "batch": 4}),
+    Comparison("ablation, victim A, batch 4: GIAS against GI-w", "GIAS", "GI-w", {"part": "ablation", "batch": 4}),
+    Comparison(
         "victim S, batch 1 (determined): GI-x against GIAS",
         "GI-x",
         "GIAS",
         {"part": "central", "victim": "S", "batch": 1},
     ),
-    Claim(
+    Comparison(
         "victim S, batch 16 (under-determined): GIAS against GI-x",
         "GIAS",
         "GI-x",
         {"part": "central", "victim": "S", "batch": UNDER},
     ),
-    Claim(
+    Comparison(
         "victim S, batch 16: GIAS against GI-x with 4x the steps and tuned TV",
         "GIAS",
         "GI-x 4x",
         {"part": "central", "victim": "S", "batch": UNDER},
     ),
-    Claim(
+    Comparison(
         "victim S, batch 16: GIAS against the label-only floor",
         "GIAS",
         "label only",
         {"part": "central", "victim": "S", "batch": UNDER},
     ),
-    Claim(
+    Comparison(
         "victim S, batch 16: GIAS against a DCGAN sample",
         "GIAS",
         "prior sample",
         {"part": "central", "victim": "S", "batch": UNDER},
     ),
-    Claim("out-of-range digits, victim A: GIAS against GI-z", "GIAS", "GI-z", {"part": "digits"}),
+    Comparison("out-of-range digits, victim A: GIAS against GI-z", "GIAS", "GI-z", {"part": "digits"}),
 )
 TARGET = {"victim": "S", "batch": UNDER, "over_gi_x": 0.15, "over_floors": 0.30}  # issue 16's target, identification
-
-
-def verdict(tally: stats.Tally, claim: Claim, metric: str) -> tuple[str, str]:
-    """``(word, sentence)``: "A wins", "B wins" or "no clear winner", and :func:`stats.compare`'s sentence.
-
-    ``metric``: ``"psnr"``, or an identification rate (``"identified"``, the yardstick's score, or
-    ``"identified_psnr"`` / ``"identified_ssim"``: the battery records both).
-    """
-    identification = metric.startswith("identified")
-    fmt, unit = ("{:.0%}", "") if identification else ("{:.1f}", " dB")
-    if not tally.values(metric, method=claim.a, **claim.where):
-        return "not run", "not run in this plan"
-    margin = claim.margins["identified" if identification else metric]
-    result = tally.paired(claim.a, claim.b, metric, margin=margin, **claim.where)
-    sentence = stats.compare(claim.a, claim.b, result, unit=unit, fmt=fmt)
-    return sentence.rsplit(": ", 1)[1], sentence
 
 
 def target_check(tally: stats.Tally, metric: str = "identified") -> dict:
@@ -507,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({record['sha256'][:12]}...): {total['wall']:.0f} s wall, {total['cpu']:.0f} s CPU")
     for claim in CLAIMS:
         for metric in ("psnr", "identified"):
-            print(f"  {claim.name} [{metric}]: {verdict(runs, claim, metric)[1]}")
+            print(f"  {claim.name} [{metric}]: {claim.on(metric).sentence(runs)}")
     return 0
 
 

@@ -950,3 +950,133 @@ def privacy_utility_figure(
     psnr_ax.legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
+
+
+def claims_table(checks, *, brief: bool = False, columns: dict[str, str] | None = None):
+    """A Markdown table of :func:`gi_tutorial.claims.check`'s checks: each claim, its score, the comparison on the
+    chapter's runs and held out, and what the book claims (:meth:`~gi_tutorial.claims.Check.verdict`).
+
+    ``brief``: the two comparisons as their outcomes only ("GIAS wins", "no clear winner"), for a summary;
+    ``columns`` renames or drops columns of :data:`gi_tutorial.claims.COLUMNS`.
+    """
+    from . import claims
+
+    rows = claims.rows(checks)
+    if brief:
+        for row, c in zip(rows, checks):
+            row.update(chapter=c.claim.words(c.said), held_out=c.claim.words(c.found))
+    return markdown_table(rows, columns or claims.COLUMNS)
+
+
+def slice_table(check):
+    """A Markdown table of a live re-run against the shipped runs it repeats (:func:`gi_tutorial.claims.check_slice`)."""
+    from .claims import SCORES
+
+    columns, formats, rows = {"method": "method"}, {}, []
+    for metric in check.metrics:
+        name, unit, fmt = SCORES[metric]
+        for side in ("shipped", "live"):
+            columns[f"{metric}_{side}"] = f"{side} {name}" + (f" ({unit.strip()})" if unit else "")
+            formats[f"{metric}_{side}"] = fmt
+    columns["same"] = "within tolerance"
+    for r in check.rows:
+        row = {"method": r["method"], "same": "yes" if r["same"] else "NO"}
+        for metric in check.metrics:
+            row[f"{metric}_shipped"], row[f"{metric}_live"] = r[metric]
+        rows.append(row)
+    return markdown_table(rows, columns, formats)
+
+
+def count_table(counts: dict[tuple[str, int], Any]):
+    """Chapter 4's counts: per (victim, batch size), unknown pixels, gradient entries and independent ones
+    (:func:`gi_tutorial.analytic.count`), and their ratio."""
+    rows = [
+        {
+            "victim": v,
+            "batch": b,
+            "unknowns": c.unknowns,
+            "entries": c.entries,
+            "equations": c.equations,
+            "ratio": c.ratio,
+        }
+        for (v, b), c in counts.items()
+    ]
+    columns = {
+        "victim": "victim",
+        "batch": "batch size",
+        "unknowns": "unknown pixels",
+        "entries": "gradient entries",
+        "equations": "independent entries",
+        "ratio": "unknowns / independent entries",
+    }
+    return markdown_table(rows, columns, formats={"ratio": "{:.2f}"})
+
+
+def tv_tuning_table(tuning, tuned: dict[str, dict[str, float]], grid: Sequence[float], score: str):
+    """The total-variation weights tried per victim and batch size (a tally keyed by victim, batch, tv), each
+    with its ``score``, and the weight kept (``tuned[victim][batch]``)."""
+    rows = [
+        {
+            "victim": v,
+            "batch": int(b),
+            **{str(tv): tuning.values(score, victim=v, batch=int(b), tv=tv)[0] for tv in grid},
+            "kept": tuned[v][b],
+        }
+        for v in tuned
+        for b in tuned[v]
+    ]
+    columns = {"victim": "victim", "batch": "batch size", **{str(tv): f"TV {tv:g}" for tv in grid}, "kept": "kept"}
+    return markdown_table(rows, columns, formats={**{str(tv): "{:.2f}" for tv in grid}, "kept": "{:g}"})
+
+
+def step_cost_table(rows: Sequence[dict[str, Any]]):
+    """Milliseconds per step of GI-x, GI-z and GIAS's stage 2 (keys ``batch``, ``x``, ``z``, ``w``, ``mib``: the
+    stage-2 state in MiB) per batch size, with the two searches' cost relative to GI-x."""
+    lines = [{**r, "z_ratio": r["z"] / r["x"], "ratio": r["w"] / r["x"]} for r in rows]
+    columns = {
+        "batch": "batch size",
+        "x": "GI-x ms/step",
+        "z": "GI-z ms/step",
+        "w": "stage 2 ms/step",
+        "z_ratio": "GI-z / GI-x",
+        "ratio": "stage 2 / GI-x",
+        "mib": "stage-2 state (MiB)",
+    }
+    return markdown_table(lines, columns, formats={k: "{:.1f}" for k in columns if k != "batch"})
+
+
+def setting_comparisons(
+    tally,
+    settings: dict[str, dict[str, Any]],
+    pairs: Sequence[tuple[str, str]],
+    methods: Sequence[str],
+    margins: dict[str, float],
+    notes: Sequence[str] | None = None,
+    note_header: str = "pair",
+    by: str = "victim",
+):
+    """Pairs of settings compared seed by seed under each method and score (:class:`gi_tutorial.claims.Claim`).
+
+    ``settings`` names each setting's tally keys (``{"S at batch 16": {"victim": "S", "batch": 16}}``); the
+    runs of one setting are paired with the other's over the tally's keys that neither names (the seeds),
+    as a claim over the key ``by``. Returns the table (one row per pair, method and score, with ``notes``
+    per pair) and, per method, whether each comparison found a clear winner.
+    """
+    from . import claims
+    from .stats import Tally
+
+    rows, differ = [], {m: [] for m in methods}
+    for k, (p, q) in enumerate(pairs):
+        named = {key for name in (p, q) for key in settings[name]}
+        pool = Tally((by, *[key for key in tally.keys if key not in named | {by}]))
+        for name in (p, q):
+            for row in tally.select(**settings[name]).rows:
+                pool.add(**{**{key: v for key, v in row.items() if key not in named}, by: name})
+        for method in methods:
+            for metric, margin in margins.items():
+                claim = claims.Claim(p, q, metric, margin, by=by, where={"method": method})
+                differ[method].append(claims.outcome(claim.paired(pool)) != "no clear winner")
+                note = notes[k] if notes else f"{p} / {q}"
+                rows.append({"note": note, "method": method, "score": claim.score, "comparison": claim.sentence(pool)})
+    columns = {"note": note_header, "method": "method", "score": "score", "comparison": "comparison"}
+    return markdown_table(rows, columns), differ
