@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import attacks, stats
+from . import attacks, claims, stats
 from .analytic import recover_labels
 from .fl import FLRound, SharedUpdate, fl_rounds
 from .generators import CHECKPOINTS, Generator, load_generator, save_checkpoint, untrained_generator
@@ -349,44 +349,37 @@ def prior_battery(budget: attacks.Budget, names: Sequence[str] = PRIORS, *, gi_x
     return recipes + [attacks.Floor("label only", "label only")]
 
 
-SCORES = {"identified": (0.05, "", "{:.0%}"), "psnr": (1.0, " dB", "{:.1f}")}  # metric: (margin, unit, format)
-CLAIMS = (  # chapter 5's verdicts, each checked on held-out seeds and images by benchmarks/verify_ch5.py
+MARGINS = {"identified": 0.05, "psnr": 1.0}  # ahead by more than 5 points (one image at batch 8 is 12.5), or 1 dB
+CASES = ({"victim": "S", "batch": 8}, {"victim": "S", "batch": 16})  # where a prior matters: the verdicts' settings
+COMPARISONS = (  # chapter 5's verdicts, each checked on held-out seeds and images by benchmarks/verify_ch5.py
     ("GIAS (GIML)", "GIAS (untrained)"),  # does the learned prior help the attack?
     ("GI-z (GIML)", "GI-z (untrained)"),  # ... the prior itself?
     ("GIAS (GIML)", "GIAS (non-meta)"),  # is meta-learning needed?
 )
 
 
-def compare(tally: stats.Tally, a: str, b: str, **where) -> dict[str, tuple[stats.Paired, str]]:
-    """Method ``a`` against ``b`` on both scores, paired over the tally's other keys (seeds, images).
+def chapter_claims(
+    cases: Iterable[dict] = CASES, comparisons: Iterable[tuple[str, str]] = COMPARISONS
+) -> tuple[claims.Claim, ...]:
+    """Chapter 5's verdicts as :class:`~gi_tutorial.claims.Claim` s: each comparison in each case, on
+    identification then PSNR (margins :data:`MARGINS`), paired over the seeds of a tally keyed by victim,
+    batch, seed and method."""
+    return tuple(
+        claims.Claim(
+            a,
+            b,
+            metric,
+            margin,
+            where=dict(case),
+            name=f"victim {case['victim']}, batch {case['batch']}: {a} against {b}",
+        )
+        for case in cases
+        for a, b in comparisons
+        for metric, margin in MARGINS.items()
+    )
 
-    Identification counts as ahead by more than 5 points (at batch 8, one image is 12.5), PSNR by
-    more than 1 dB. Returns, per score, the paired comparison and its verdict sentence
-    (:func:`~gi_tutorial.stats.compare`).
-    """
-    out = {}
-    for metric, (margin, unit, fmt) in SCORES.items():
-        result = tally.paired(a, b, metric, margin=margin, **where)
-        out[metric] = (result, stats.compare(a, b, result, unit=unit, fmt=fmt))
-    return out
 
-
-def outcome(result: stats.Paired) -> Literal["ahead", "behind", "no clear winner"]:
-    """A paired comparison's verdict in one word: what :func:`~gi_tutorial.stats.compare` says in a sentence."""
-    return "ahead" if result.holds else "behind" if result.reversed else "no clear winner"
-
-
-def still_holds(claimed: stats.Paired, check: stats.Paired) -> bool:
-    """Whether a check on other seeds and images bears out a claimed verdict.
-
-    "Ahead" and "behind" must be found again. "No clear winner" holds unless the check finds a clear
-    winner against the direction of the claim's mean gap (a clear winner in its direction only
-    sharpens it).
-    """
-    said, found = outcome(claimed), outcome(check)
-    if said != "no clear winner":
-        return found == said
-    return found != ("behind" if claimed.gap.mean >= 0 else "ahead")
+CLAIMS = chapter_claims()
 
 
 def target_met(tally: stats.Tally, **where) -> tuple[bool, float, float]:
@@ -396,6 +389,34 @@ def target_met(tally: stats.Tally, **where) -> tuple[bool, float, float]:
     more = tally.paired("GIAS (GIML)", "GIAS (untrained)", "identified", **where).gap.mean
     versus = tally.paired("GIAS (GIML)", "GIAS (non-meta)", "identified", **where).gap.mean
     return more >= 0.15 and versus >= 0, more, versus
+
+
+@dataclass(frozen=True)
+class Trend:
+    """A run's latent distance over the first and the last quarter of its tasks, and which way it went."""
+
+    first: stats.MeanSD
+    last: stats.MeanSD
+    word: Literal["rises", "falls", "stays level"]
+
+
+def distance_trend(values: Sequence[float | None]) -> Trend:
+    """Whether a run's latent distances rise, fall or stay level from its first quarter of tasks to its last.
+
+    Diverged tasks (``None``) are skipped. A trend counts when the two means differ by more than twice
+    the standard error of their difference.
+
+    >>> distance_trend([0.10, 0.11, 0.09, 0.10, 0.30, 0.31, 0.29, 0.30]).word
+    'rises'
+    """
+    finite = [v for v in values if v is not None]
+    if not finite:
+        raise ValueError("distance_trend needs at least one finite distance; every task diverged")
+    q = max(1, len(finite) // 4)
+    first, last = stats.mean_sd(finite[:q]), stats.mean_sd(finite[-q:])
+    se = (first.sd**2 / first.n + last.sd**2 / last.n) ** 0.5  # the standard error of the difference
+    word = "rises" if last.mean > first.mean + 2 * se else "falls" if last.mean < first.mean - 2 * se else "stays level"
+    return Trend(first, last, word)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from gi_tutorial import analytic, data, fl, generators, giml, invert, models, spaces, stats
+from gi_tutorial import analytic, claims, data, fl, generators, giml, invert, models, spaces, stats
 
 TINY = giml.InnerSettings(latent_iters=30, latent_lr=0.05, weight_iters=40, weight_lr=1e-3)
 
@@ -286,23 +286,28 @@ def test_chapter_priors_load_hash_checked_with_what_they_were_learned_from():
     assert names == ["GI-x", "GIAS (untrained)", "GIAS (GIML)", "sample (untrained)", "sample (GIML)", "label only"]
 
 
-def test_verdicts_on_both_scores_and_whether_a_check_bears_them_out():
-    tally = stats.Tally(("seed", "method"))
+def test_chapter_claims_on_both_scores_with_their_margins_and_the_target():
+    tally = stats.Tally(("victim", "batch", "seed", "method"))
     for seed, (a, b) in enumerate([(0.75, 0.5), (0.875, 0.625), (0.625, 0.5)]):
-        tally.add(seed=seed, method="GIAS (GIML)", identified=a, psnr=20.0 + seed)
-        tally.add(seed=seed, method="GIAS (untrained)", identified=b, psnr=20.5 + seed)
-        tally.add(seed=seed, method="GIAS (non-meta)", identified=a, psnr=20.0)
-    verdict = giml.compare(tally, "GIAS (GIML)", "GIAS (untrained)")
-    assert giml.outcome(verdict["identified"][0]) == "ahead" and verdict["identified"][1].endswith("GIAS (GIML) wins")
-    assert giml.outcome(verdict["psnr"][0]) == "no clear winner"  # 0.5 dB behind: inside the 1 dB margin
-    assert giml.target_met(tally) == (True, pytest.approx(0.20833, abs=1e-4), 0.0)
-    ahead, behind, level = (
-        stats.paired(x, y, margin=0.05)
-        for x, y in (([0.8, 0.9], [0.5, 0.6]), ([0.5, 0.6], [0.8, 0.9]), ([0.6, 0.55], [0.5, 0.6]))
-    )
-    assert giml.still_holds(ahead, ahead) and not giml.still_holds(ahead, level)
-    assert not giml.still_holds(behind, ahead)
-    assert giml.still_holds(level, level) and giml.still_holds(
-        level, ahead
-    )  # level with a gap of +2.5 points: ahead sharpens it
-    assert not giml.still_holds(level, behind)  # ... and behind contradicts its direction
+        row = dict(victim="S", batch=8, seed=seed)
+        tally.add(**row, method="GIAS (GIML)", identified=a, psnr=20.0 + seed)
+        tally.add(**row, method="GIAS (untrained)", identified=b, psnr=20.5 + seed)
+        tally.add(**row, method="GIAS (non-meta)", identified=a, psnr=20.0)
+    found = {
+        c.metric: c for c in giml.chapter_claims([{"victim": "S", "batch": 8}], [("GIAS (GIML)", "GIAS (untrained)")])
+    }
+    assert list(found) == ["identified", "psnr"]
+    assert claims.outcome(found["identified"].paired(tally)) == "ahead"  # +12.5 to +25 points, margin 5
+    assert found["identified"].sentence(tally).endswith("GIAS (GIML) wins")
+    assert claims.outcome(found["psnr"].paired(tally)) == "no clear winner"  # 0.5 dB behind: inside the 1 dB margin
+    assert len(giml.CLAIMS) == len(giml.CASES) * len(giml.COMPARISONS) * 2
+    assert giml.target_met(tally, victim="S", batch=8) == (True, pytest.approx(0.20833, abs=1e-4), 0.0)
+
+
+def test_distance_trend_counts_only_a_change_beyond_twice_its_standard_error():
+    assert giml.distance_trend([0.10, 0.11, 0.09, 0.10, 0.30, 0.31, 0.29, 0.30]).word == "rises"
+    assert giml.distance_trend([0.30, 0.31, 0.29, 0.30, 0.10, 0.11, 0.09, 0.10]).word == "falls"
+    level = giml.distance_trend([0.10, 0.30, 0.20, None, 0.25, 0.15, 0.10, 0.30, 0.20])
+    assert level.word == "stays level" and level.first.n == 2  # the None (a diverged task) is skipped
+    with pytest.raises(ValueError, match="every task diverged"):
+        giml.distance_trend([None, None])
