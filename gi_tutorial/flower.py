@@ -102,7 +102,7 @@ from flwr.serverapp.strategy import (  # noqa: E402
 )
 from flwr.supercore import telemetry as _telemetry  # noqa: E402
 
-from . import defenses, fl, models, stats  # noqa: E402
+from . import claims, defenses, fl, models, stats  # noqa: E402
 from .config import set_threads  # noqa: E402
 
 # Flower reads the switch once, at its import: honour it here too if Flower was imported before this module
@@ -1179,6 +1179,54 @@ Verdict = Literal["leaks", "at the floor", "unclear"]
 CLAIMS: dict[str, Verdict] = {"none": "leaks", "server_clip": "leaks", "client_clip": "leaks", "local": "at the floor"}
 
 
+LABELS: dict[str, str] = {  # how chapter 7 names the options
+    "none": "no DP",
+    "server_clip": "server-side clipping",
+    "client_clip": "client-side clipping",
+    "local": "LocalDpMod",
+}
+
+
+def received_tally(simulation: Simulation, labels: Mapping[str, str] = LABELS) -> stats.Tally:
+    """What the server received, reply by reply (:func:`inspect`): keyed by option (its label), seed, client and
+    round, with ``clipped`` and ``noised`` (0 or 1), ``distance``, ``clipped_distance`` and ``cosine``."""
+    received = stats.Tally(("option", "seed", "client", "round"))
+    for d in simulation.deployments:
+        for r in d.received:
+            seen = inspect(d, r)
+            received.add(
+                option=labels[d.dp.kind],
+                seed=d.seed,
+                client=r.client,
+                round=r.server_round,
+                clipped=float(seen.clipped),
+                noised=float(seen.noised),
+                distance=seen.distance,
+                clipped_distance=seen.clipped_distance,
+                cosine=seen.cosine,
+            )
+    return received
+
+
+def privacy_rows(guarantees: Mapping[str, Privacy], labels: Mapping[str, str] = LABELS) -> list[dict[str, str]]:
+    """Per option, its guarantee as text: ε over the rounds, the adjacency, ε against the server, whom it protects."""
+
+    def eps(value: float) -> str:
+        return "∞ (none)" if math.isinf(value) else f"{value:.2f}"
+
+    adjacency = {"add_remove": "add/remove", "replace_one": "replace-one"}
+    return [
+        {
+            "option": labels[kind],
+            "eps": eps(g.epsilon),
+            "adjacency": adjacency[g.adjacency] if kind != "none" else "–",
+            "server": eps(g.against_server),
+            "protects": g.protects,
+        }
+        for kind, g in guarantees.items()
+    ]
+
+
 @dataclass(frozen=True)
 class Protection:
     """Whether the server's attack got more than the floors, under one DP option, on both scores.
@@ -1228,12 +1276,13 @@ def protection(
                 f"option {option!r}: every update needs rows of {list(attack_names) + list(floor_names)}; "
                 f"{'no updates' if not updates else f'missing for {missing[:3]}'}"
             )
-        best_attack = [max(scores[m] for m in attack_names) for scores in updates.values()]
-        best_floor = [max(scores[m] for m in floor_names) for scores in updates.values()]
-        paired[metric] = stats.paired(best_attack, best_floor, margin=margin)
-        unit, fmt = UNITS[metric]
-        sentences[metric] = stats.compare("the strongest attack", "the best floor", paired[metric], unit=unit, fmt=fmt)
-    if all(p.holds for p in paired.values()):
+        best = stats.Tally(("update", "method"))  # per update, the best of each side: a claim on them
+        for update, scores in updates.items():
+            best.add(update=update, method="the strongest attack", **{metric: max(scores[m] for m in attack_names)})
+            best.add(update=update, method="the best floor", **{metric: max(scores[m] for m in floor_names)})
+        claim = claims.Claim("the strongest attack", "the best floor", metric, margin)
+        paired[metric], sentences[metric] = claim.paired(best), claim.sentence(best)
+    if all(claims.outcome(p) == "ahead" for p in paired.values()):
         verdict: Verdict = "leaks"
     elif all(p.gap.mean <= p.margin for p in paired.values()):
         verdict = "at the floor"
