@@ -15,17 +15,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gi_tutorial import config, fl, models, objectives  # noqa: E402
+from gi_tutorial import config, fl, models, objectives
 
 
 def sequential_step(model, params, target, xs, labels, opts):

@@ -42,14 +42,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gi_tutorial import conditioning, config, data, models, stats, storage  # noqa: E402
+from gi_tutorial import conditioning, config, data, models, stats, storage
 
 GROUP = 8  # images per seed: the largest batch
 

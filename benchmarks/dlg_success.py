@@ -23,15 +23,11 @@ restarts (trial ``k`` does not depend on how many come after it).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gi_tutorial import config, data, fl, invert, metrics, models, spaces  # noqa: E402
+from gi_tutorial import config, data, fl, invert, metrics, models, spaces
 
 
 def main() -> None:
