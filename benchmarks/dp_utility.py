@@ -1,7 +1,11 @@
 """Chapter 6's utility curve: test accuracy under DP-SGD and DP-FedAvg on Fashion-MNIST, shipped with provenance.
 
     python benchmarks/dp_utility.py [--seeds 0 1 2] [--out gi_tutorial/results/dp_utility.json] [--only dp_sgd live dp_fedavg]
-                                    [--fed-epsilon 3] [--fed-lr LR]
+                                    [--fed-epsilon 3] [--fed-lr LR] [--merge]
+
+``--merge`` re-runs only the experiments in ``--only`` and keeps the other experiments' runs from
+the existing results file, with their own provenance (command, seconds, epochs, sha256) under
+``merged``; ``commands`` then says which command produced each experiment.
 
 Three experiments, each over the seeds (network initialisation, sampling and noise):
 
@@ -35,6 +39,8 @@ from gi_tutorial import config, storage  # noqa: E402
 from gi_tutorial import private_training as pt
 
 DEFAULT_OUT = storage.RESULTS / "dp_utility.json"
+EXPERIMENTS = ("dp_sgd", "live", "dp_fedavg")
+EPOCH_KEYS = {"dp_sgd": ("dp_sgd", "non_private"), "live": ("live",), "dp_fedavg": ("dp_fedavg_rounds",)}
 ANCHORS = [
     {
         "source": "Tramèr & Boneh (2021), end-to-end CNN (tanh) on Fashion-MNIST",
@@ -53,8 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fed-epsilon", type=float, default=3.0)
     parser.add_argument("--fed-lr", type=float, default=None, help="server learning rate (default: the preset's)")
     parser.add_argument("--delta", type=float, default=1e-5)
+    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument(
-        "--only", nargs="+", choices=["dp_sgd", "live", "dp_fedavg"], default=["dp_sgd", "live", "dp_fedavg"]
+        "--merge",
+        action="store_true",
+        help="keep the runs of the experiments not in --only from the existing --out file",
     )
     parser.add_argument(
         "--out", type=Path, default=None, help=f"results file (default {DEFAULT_OUT}; none in quick mode)"
@@ -122,33 +131,52 @@ def main(argv: list[str] | None = None) -> int:
                         num_clients=num_clients,
                     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    command = "python benchmarks/dp_utility.py" + (
+        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    )
+    epochs = {
+        "dp_sgd": sgd["private"].epochs,
+        "non_private": sgd["none"].epochs,
+        "live": sgd["live"].epochs,
+        "dp_fedavg_rounds": fed.rounds,
+    }
+    commands = dict.fromkeys(args.only, command)
+    merged = None
+    if args.merge and out is not None and out.exists():
+        old, old_record = storage.load_results(out)  # hash-checked
+        kept = [r for r in old["runs"] if r["experiment"] not in args.only]
+        runs += kept
+        runs.sort(key=lambda r: EXPERIMENTS.index(r["experiment"]))  # stable: seeds stay in order
+        merged = {k: v for k, v in old_record.items() if k not in ("merged", "commands")}
+        merged["experiments"] = sorted({r["experiment"] for r in kept}, key=EXPERIMENTS.index)
+        for experiment in merged["experiments"]:
+            commands[experiment] = old_record.get("commands", {}).get(experiment, old_record["command"])
+            for key in EPOCH_KEYS[experiment]:
+                epochs[key] = old_record["epochs"][key]
     results = {"runs": runs, "anchors": ANCHORS}
     for row in pt.summarize(results):
         print(row["label"], row["accuracy"].format("{:.2%}"), f"(epsilon spent {row['epsilon']:.3g})")
     print(f"{len(runs)} runs in {seconds:.0f} s ({cpu_seconds:.0f} s CPU) on {threads} thread(s)")
     if out is not None:
-        command = "python benchmarks/dp_utility.py" + (
-            "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
-        )
         storage.save_results(
             out,
             results,
             command=command,
+            commands=commands,
             seeds=args.seeds,
             data=source,
-            epochs={
-                "dp_sgd": sgd["private"].epochs,
-                "non_private": sgd["none"].epochs,
-                "live": sgd["live"].epochs,
-                "dp_fedavg_rounds": fed.rounds,
-            },
+            epochs=epochs,
             seconds=round(seconds, 1),
             cpu_seconds=round(cpu_seconds, 1),
             threads=threads,
             delta=args.delta,
             quick=quick,
+            **({"merged": merged} if merged is not None else {}),
         )
-        print(f"wrote {out}")
+        print(
+            f"wrote {out}"
+            + (f" (kept {', '.join(merged['experiments'])} from {merged['command']!r})" if merged else "")
+        )
     return 0
 
 

@@ -38,7 +38,9 @@ Auditing: :func:`audit` says whether a defense stopped the attacks, from a
 :class:`~gi_tutorial.stats.Tally` of battery rows (:func:`gi_tutorial.attacks.run_battery`):
 the strongest attack against the best no-gradient floor, update by update, on the
 identification score and on PSNR, with chapter 7's margins; :func:`stopping_level` is the
-smallest tested noise from which on an attack stays stopped.
+smallest tested noise from which on an attack stays stopped, and :func:`stopping_factor` how much more
+noise one attack needs than another (the talk's "x10", measured). :func:`load_dp_sgd_audit` reads the
+shipped audit of DP-SGD over the noise multiplier (``benchmarks/ch6_dp_sgd_attack.py``).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import stats
+from . import stats, storage
 from .fl import DefenseRecord, SharedUpdate, check_batch, checked_logits, trainable_parameters
 
 Accountant = Literal["rdp", "prv"]
@@ -840,3 +842,82 @@ def stopping_level(
             break
         found = level
     return found
+
+
+@dataclass(frozen=True)
+class StoppingFactor:
+    """How much more noise GIAS needs than GI-x before identification falls to the floors (from :func:`stopping_factor`).
+
+    Attributes:
+        stop: per attack, the smallest tested level from which on it stays stopped (:func:`stopping_level`),
+            None when the largest level tried does not stop it.
+        factor: ``stop[slow] / stop[fast]`` on the grid tried, None when either is None.
+        low, high: the bounds the grid allows: each attack's true stopping noise lies between the level below
+            its ``stop`` (0 when ``stop`` is the smallest level tried) and ``stop``; ``high`` is ``inf`` when the
+            faster attack is stopped at the smallest level tried.
+        sentence: all of it in words.
+    """
+
+    stop: dict
+    factor: float | None
+    low: float | None
+    high: float | None
+    sentence: str
+
+
+def stopping_factor(
+    tally: stats.Tally,
+    levels: Sequence[float],
+    *,
+    key: str,
+    attacks: tuple[str, str] = ("GI-x", "GIAS"),
+    describe: Callable[[float], str] | None = None,
+    **where,
+) -> StoppingFactor:
+    """The noise from which on each of two attacks stays stopped on identification, and their ratio, with the grid's bounds.
+
+    ``levels`` are the noise levels tried (values of ``key`` in ``tally``); ``describe`` turns a level into
+    text for the sentence (e.g. its epsilon). The factor is ``stop[attacks[1]] / stop[attacks[0]]``.
+    """
+    levels = sorted(levels)
+    fast, slow = attacks
+    stop = {m: stopping_level(tally, m, levels, key=key, **where) for m in attacks}
+
+    def below(level: float) -> float:
+        i = levels.index(level)
+        return levels[i - 1] if i > 0 else 0.0
+
+    def said(m: str) -> str:
+        z = stop[m]
+        if z is None:
+            return f"{m} is not stopped by z = {levels[-1]:.3g}, the largest level tried"
+        extra = f" ({describe(z)})" if describe is not None else ""
+        return f"{m} from z = {z:.3g} on{extra}"
+
+    text = "; ".join(said(m) for m in attacks) + "."
+    if None in stop.values():
+        return StoppingFactor(stop, None, None, None, text + " The factor between them is not measured on this grid.")
+    factor = stop[slow] / stop[fast]
+    low = below(stop[slow]) / stop[fast]
+    high = math.inf if below(stop[fast]) == 0 else stop[slow] / below(stop[fast])
+    bounds = f"between {low:.3g} and {'∞' if math.isinf(high) else f'{high:.3g}'}"
+    text += (
+        f" On identification, the noise that stops {slow} is {factor:.3g} times the noise that stops {fast} on this "
+        f"grid; the grid's steps allow any factor {bounds}"
+        + (f" ({fast} is stopped already at the smallest level tried)." if math.isinf(high) else ".")
+    )
+    return StoppingFactor(stop, factor, low, high, text)
+
+
+DP_SGD_AUDIT = storage.RESULTS / "ch6_dp_sgd_attack.json"
+
+
+def load_dp_sgd_audit(path=DP_SGD_AUDIT) -> tuple[stats.Tally, list[dict], dict]:
+    """The shipped battery runs on DP-SGD updates (``python benchmarks/ch6_dp_sgd_attack.py``), hash-checked.
+
+    Returns:
+        the tally (keys ``z``, ``batch``, ``seed``, ``method``), the noise levels (each a dict with ``z``,
+        ``epsilon`` under the stated schedule, and ``why`` it was run) and the provenance record.
+    """
+    results, record = storage.load_results(path)
+    return stats.Tally.from_json(results["tally"]), results["levels"], record

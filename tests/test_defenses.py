@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gi_tutorial import defenses, fl, invert, models, spaces
+from gi_tutorial import attacks, defenses, fl, invert, models, spaces
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_kept_masks_intersect_and_are_none_without_pruning(update):
 def test_adaptive_model_masks_the_candidate_gradient(victim, batch, update):
     x, y = batch
     pruned = defenses.prune(update, 0.9)
-    adaptive = defenses.adaptive_model(victim, pruned)
+    adaptive = attacks.adaptive_model(victim, pruned)
     pruned.check_matches(adaptive)
     torch.testing.assert_close(adaptive(x), victim(x))  # the same forward pass
     got, _ = fl.batch_gradients(adaptive, x, y)
@@ -226,14 +226,14 @@ def test_adaptive_attacker_runs_in_the_loop(victim, batch, update):
     pruned = defenses.prune(update, 0.9)
     result = invert.reconstruct(
         pruned,
-        defenses.adaptive_model(victim, pruned),
+        attacks.adaptive_model(victim, pruned),
         spaces.PixelSpace(tuple(x.shape)),
         distance="cosine",
         num_iters=2,
         progress=False,
     )
     assert result.images.shape == x.shape
-    assert isinstance(defenses.adaptive_model(victim, update), type(victim))  # no pruning: the model itself
+    assert isinstance(attacks.adaptive_model(victim, update), type(victim))  # no pruning: the model itself
 
 
 @pytest.mark.parametrize(
@@ -601,3 +601,36 @@ def test_audit_stops_only_when_the_strongest_attack_is_at_the_floor():
         defenses.audit(tally, ("GI-x", "DLG"), z=0.1)
     with pytest.raises(ValueError, match="no rows match"):
         defenses.audit(tally, z=5.0)
+
+
+def test_stopping_factor_is_the_ratio_of_stopping_levels_with_the_grids_bounds():
+    tally = _audit_tally({0.001: (0.8, 0.9), 0.01: (0.0, 0.5), 0.1: (0.0, 0.02), 1.0: (-0.05, 0.0)})
+    found = defenses.stopping_factor(tally, [0.001, 0.01, 0.1, 1.0], key="z")
+    assert found.stop == {"GI-x": 0.01, "GIAS": 0.1}
+    assert found.factor == pytest.approx(10.0)
+    # GIAS's true level lies in (0.01, 0.1], GI-x's in (0.001, 0.01]: the factor in (1, 100]
+    assert (found.low, found.high) == (pytest.approx(1.0), pytest.approx(100.0))
+    assert "10 times the noise that stops GI-x" in found.sentence
+    first = defenses.stopping_factor(tally, [0.01, 0.1, 1.0], key="z")  # GI-x stopped at the smallest level tried
+    assert first.factor == pytest.approx(10.0) and first.low == pytest.approx(1.0) and math.isinf(first.high)
+    never = defenses.stopping_factor(_audit_tally({0.1: (0.0, 0.3), 1.0: (0.0, 0.3)}), [0.1, 1.0], key="z")
+    assert never.stop == {"GI-x": 0.1, "GIAS": None} and never.factor is None and "not measured" in never.sentence
+
+
+DP_SGD_AUDIT_EXISTS = defenses.DP_SGD_AUDIT.exists()
+
+
+@pytest.mark.skipif(not DP_SGD_AUDIT_EXISTS, reason="no shipped DP-SGD audit yet (benchmarks/ch6_dp_sgd_attack.py)")
+def test_the_shipped_dp_sgd_audit_is_consistent_with_the_library():
+    tally, levels, record = defenses.load_dp_sgd_audit()  # hash-checked
+    schedule = defenses.SGDSchedule(**record["schedule"])
+    if record["quick"]:
+        pytest.skip("the shipped audit is a quick-mode smoke run")
+    zs = [level["z"] for level in levels]
+    assert {0.3, 0.5, 1.0, 2.0} <= set(zs) and zs == sorted(zs)
+    for level in levels:  # each epsilon is the library's example-level accounting of the stated schedule
+        assert level["epsilon"] == pytest.approx(defenses.dp_sgd_epsilon(level["z"], schedule), rel=1e-9)
+        rows = tally.select(z=level["z"]).rows
+        assert len(rows) == 5 * len(record["seeds"])  # GI-x, GI-z, GIAS and the two floors, per group
+    eps8 = [level for level in levels if level["why"] == "epsilon 8"]
+    assert len(eps8) == 1 and 7.9 <= eps8[0]["epsilon"] <= 8.0

@@ -234,3 +234,54 @@ def test_an_empty_poisson_batch_still_releases_noise_and_is_accounted(easy):
     expected = defenses.epsilon(result.noise_multiplier, 1 / 12, 36, 1e-5, adjacency="add_remove")
     assert result.epsilon == pytest.approx(expected, rel=1e-9)
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_cosine_decay_takes_the_learning_rate_to_zero_and_bad_decay_is_refused(easy):
+    (x, y), test = easy
+    model = pt.build_cnn(seed=0)
+    settings = pt.SGDSettings(epochs=2, batch_size=60, lr=1.0, momentum=0.0, clip_norm=0.5, decay="cosine")
+    seen = []
+    original = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    torch.optim.SGD.step = spy
+    try:
+        result = pt.train_dp_sgd((x, y), test, target_epsilon=8.0, settings=settings, seed=0, model=model)
+    finally:
+        torch.optim.SGD.step = original
+    assert len(seen) == result.steps and seen[0] == pytest.approx(1.0)
+    assert all(a > b for a, b in zip(seen, seen[1:])) and seen[-1] < 0.1  # cosine: falls every step, near 0 at the end
+    with pytest.raises(ValueError, match="decay must be"):
+        pt.train_dp_sgd((x, y), test, target_epsilon=8.0, settings=pt.SGDSettings(2, 60, 1.0, decay="step"))
+
+
+def test_the_benchmark_merges_a_rerun_with_the_experiments_it_keeps(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dp_utility.py"
+    spec = importlib.util.spec_from_file_location("dp_utility", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    out = tmp_path / "dp_utility.json"
+    assert benchmark.main(["--seeds", "0", "--only", "dp_fedavg", "--out", str(out)]) == 0
+    fed_runs = pt.load_shipped(out)[0]["runs"]
+    assert benchmark.main(["--seeds", "0", "--only", "dp_sgd", "--merge", "--out", str(out)]) == 0
+    results, provenance = pt.load_shipped(out)
+    assert [r["experiment"] for r in results["runs"]] == ["dp_sgd"] * 4 + ["dp_fedavg"] * len(fed_runs)
+    assert results["runs"][4:] == fed_runs  # kept as they were
+    assert "--only dp_sgd --merge" in provenance["commands"]["dp_sgd"]
+    assert "--only dp_fedavg" in provenance["commands"]["dp_fedavg"] == provenance["merged"]["command"]
+    assert provenance["merged"]["experiments"] == ["dp_fedavg"] and "sha256" in provenance["merged"]
+
+
+def test_row_of_names_the_settings_there_are():
+    results = {"runs": [{"experiment": "dp_sgd", "target_epsilon": 3.0, "accuracy": 0.8, "epsilon": 2.9,
+                         "noise_multiplier": 1.0, "sample_rate": 0.1, "steps": 10, "cpu_seconds": 1.0, "seed": 0}]}  # fmt: skip
+    utility = pt.summarize(results)
+    assert pt.row_of(utility, "dp_sgd", 3.0)["accuracy"].mean == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="no utility row"):
+        pt.row_of(utility, "dp_sgd", 8.0)
