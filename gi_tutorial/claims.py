@@ -190,6 +190,18 @@ COLUMNS = {
 }
 
 
+def claimed(checks: Iterable[Check]) -> str:
+    """What the book claims, claim by claim, in one sentence for a Summary (:meth:`Check.verdict`).
+
+    >>> t = stats.Tally(keys=("seed", "method"))
+    >>> for s, (x, g) in enumerate([(12.0, 15.5), (10.0, 14.0), (11.0, 16.5)]):
+    ...     t.add(seed=s, method="GI-x", psnr=x); t.add(seed=s, method="GIAS", psnr=g)
+    >>> claimed(check([Claim("GIAS", "GI-x", "psnr", margin=1.0)], t, t))
+    'GIAS vs GI-x (PSNR): GIAS wins (found again)'
+    """
+    return "; ".join(f"{c.claim.label} ({c.claim.score}): {c.verdict()}" for c in checks)
+
+
 def summary(checks: Iterable[Check]) -> str:
     """One sentence: how many of the chapter's claims held-out runs bear out, and which do not.
 
