@@ -7,6 +7,7 @@ content; :func:`glue` publishes numbers to the prose through myst-nb when it is 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -159,14 +160,23 @@ def format_value(value: Any, fmt: str = "{:.2f}") -> str:
     return str(value)
 
 
+def _cell(text: str) -> str:
+    """A table cell's text with its ``|`` escaped: a bare ``|`` (e.g. a norm, ``||Ax - y||``) ends the cell."""
+    return text.replace("|", r"\|")
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str], formats: dict[str, str] | None = None):
-    """A Markdown table (an IPython ``Markdown`` object) of ``rows``; ``columns`` maps keys to headers."""
+    """A Markdown table (an IPython ``Markdown`` object) of ``rows``; ``columns`` maps keys to headers.
+
+    A ``|`` in a header or a cell is escaped, so it shows as itself instead of breaking the table.
+    """
     from IPython.display import Markdown
 
     formats = formats or {}
-    lines = ["| " + " | ".join(columns.values()) + " |", "|" + "---|" * len(columns)]
+    lines = ["| " + " | ".join(map(_cell, columns.values())) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(format_value(row.get(k), formats.get(k, "{:.2f}")) for k in columns) + " |")
+        cells = (_cell(format_value(row.get(k), formats.get(k, "{:.2f}"))) for k in columns)
+        lines.append("| " + " | ".join(cells) + " |")
     return Markdown("\n".join(lines))
 
 
@@ -517,29 +527,37 @@ def tally_pivot(
 
 
 def label_scores_figure(
-    scores: torch.Tensor, class_names: Sequence[str], linthresh: float = 0.01, size: tuple[float, float] = (7.5, 3.0)
+    scores: torch.Tensor,
+    class_names: Sequence[str],
+    linthresh: float | None = None,
+    size: tuple[float, float] = (7.5, 3.0),
 ) -> plt.Figure:
     """Chapter 1: a last layer's bias gradient, one bar per class, each with its value.
 
-    The label's entry is close to -1 and the others are small and positive, so the y axis is
-    symmetric-logarithmic (linear within ``linthresh`` of 0): the positive bars stay visible.
+    The label's entry is close to -1 and the others are small and positive, some below 1e-3, so the
+    y axis is symmetric-logarithmic, linear only below ``linthresh`` (by default half the smallest
+    nonzero entry): every bar lies in the logarithmic part and stays visible. Each value is written
+    above the zero line or its bar, so no label sits on the class names.
     """
     values = [float(v) for v in scores.detach().cpu()]
+    linthresh = linthresh or min((abs(v) for v in values if v != 0), default=1e-3) / 2
     fig, ax = plt.subplots(figsize=size)
     bars = ax.bar(list(class_names), values, color=["tab:red" if v < 0 else "tab:blue" for v in values])
     ax.set_yscale("symlog", linthresh=linthresh)
     ax.axhline(0, color="black", linewidth=0.8)
     for bar, v in zip(bars, values):
         ax.annotate(
-            f"{v:+.3f}",
-            (bar.get_x() + bar.get_width() / 2, v),
-            xytext=(0, 3 if v >= 0 else -11),
+            f"{v:+.1e}" if abs(v) < 1e-2 else f"{v:+.3f}",  # "+0.000" would hide a small entry
+            (bar.get_x() + bar.get_width() / 2, max(v, 0.0)),
+            xytext=(0, 3),
             textcoords="offset points",
             ha="center",
             fontsize=8,
         )
+    decades = range(0, math.floor(math.log10(linthresh)), -2)  # every other decade: ticks that do not collide
+    ax.set_yticks(sorted([0.0] + [sign * 10.0**k for sign in (-1, 1) for k in decades]))
     top = max(values)
-    ax.set_ylim(min(values) * 2.5, top * 4 if top > 0 else 1)
+    ax.set_ylim(min(min(values) * 3, -linthresh), top * 4 if top > 0 else 1)
     ax.set_ylabel("bias gradient dL/db\n(symmetric log scale)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
@@ -797,6 +815,41 @@ def option_grid(rows: dict[str, dict[str, torch.Tensor]], size: float = 1.0, tit
     return fig
 
 
+def attack_panels(
+    truth: torch.Tensor, panels: dict[str, dict[str, torch.Tensor]], size: float = 0.85, title: str | None = None
+) -> plt.Figure:
+    """One small panel per attack, after one panel with the true images, shown once.
+
+    ``panels`` maps an attack to its images per setting (``setting -> (n, C, H, W)``, the same settings in
+    every panel, in order); each panel has one row per setting and one column per image, and the settings
+    label the rows at the left. With ``n`` = 2 and three attacks, a row holds 8 thumbnails of about 75 px
+    on an 870 px page (chapter 6's noise grid, issue 20).
+    """
+    settings, n = list(next(iter(panels.values()))), len(truth)
+    fig = plt.figure(figsize=(size * n * (len(panels) + 1) + 1.9, size * len(settings) + 0.8), layout="constrained")
+    labels, truth_fig, *attack_figs = fig.subfigures(
+        1, len(panels) + 2, width_ratios=[1.9 / (size * n)] + [1] * (len(panels) + 1), wspace=0.02
+    )
+    top = truth_fig.subplots(len(settings), n, squeeze=False)
+    for c in range(n):
+        _draw(top[0, c], truth[c])
+    for ax in top[1:].ravel():
+        ax.axis("off")
+    truth_fig.suptitle("truth", fontsize=10)
+    for sub, (name, by_setting) in zip(attack_figs, panels.items()):
+        axes = sub.subplots(len(settings), n, squeeze=False)
+        for r, setting in enumerate(settings):
+            for c in range(n):
+                _draw(axes[r, c], by_setting[setting][c])
+        sub.suptitle(name, fontsize=10)
+    for ax, setting in zip(labels.subplots(len(settings), 1, squeeze=False)[:, 0], settings):
+        ax.axis("off")
+        ax.text(1.0, 0.5, setting, ha="right", va="center", fontsize=9, transform=ax.transAxes)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def option_scores(
     tally,
     options: dict[Any, str],
@@ -807,8 +860,6 @@ def option_scores(
 ) -> plt.Figure:
     """Two panels (identification, PSNR): per option (x, categorical; ``options`` maps values of ``key`` to labels),
     each method's mean ± sd over the matching rows, and the ``floors`` (no-gradient guesses) as grey crosses."""
-    import textwrap
-
     from .stats import mean_sd
 
     fig, axes = plt.subplots(1, 2, figsize=size)
@@ -849,7 +900,7 @@ def privacy_utility_figure(
     floors: dict[str, Any],
     anchors: Sequence[dict] = (),
     cap: float = 1e3,
-    size: tuple[float, float] = (10.0, 6.4),
+    size: tuple[float, float] = (11.5, 6.4),
 ) -> plt.Figure:
     """Chapter 6's privacy-utility figure, four panels.
 
@@ -860,7 +911,8 @@ def privacy_utility_figure(
     Bottom: the best attack's identification and PSNR (``attack_points``: ``label``, ``epsilon`` (the one
     that binds the server; ``inf`` for none), ``identified`` and ``psnr`` as MeanSD) against that
     epsilon, log scale, capped at ``cap`` and drawn there as "∞ or > cap"; ``floors`` maps a floor's name
-    to its (identified, psnr) MeanSD pair, drawn as grey lines.
+    to its (identified, psnr) MeanSD pair, drawn as grey lines. Legends and axis labels are 8 pt
+    (about the size of the page's small print); an anchor's source is wrapped, never cut.
     """
     fig, axes = plt.subplots(2, 2, figsize=size)
     (acc_eps, acc_m), (ident_ax, psnr_ax) = axes
@@ -890,7 +942,7 @@ def privacy_utility_figure(
             s=120,
             color="C3",
             zorder=3,
-            label=a["source"][:40] + ("…" if len(a["source"]) > 40 else ""),
+            label=textwrap.fill(a["source"], 34),
         )
     acc_eps.set_xscale("log")
     if private:
@@ -898,7 +950,7 @@ def privacy_utility_figure(
         acc_eps.minorticks_off()
     acc_eps.set_xlabel("example-level ε (δ = 1e-5, add/remove, Poisson sampling)", fontsize=8)
     acc_eps.set_ylabel("test accuracy (%)")
-    acc_eps.legend(fontsize=7)
+    acc_eps.legend(fontsize=8)
     fed = [r for r in utility if r["experiment"] == "dp_fedavg"]
     for private_run, style in ((True, "o-"), (False, "s--")):
         rows = sorted(
@@ -921,7 +973,7 @@ def privacy_utility_figure(
         acc_m.minorticks_off()
     acc_m.set_xlabel("expected clients per round (Poisson sampling)", fontsize=8)
     acc_m.set_ylabel("test accuracy (%)")
-    acc_m.legend(fontsize=7)
+    acc_m.legend(fontsize=8)
     for ax, metric, label in (
         (ident_ax, "identified", "best attack: identified"),
         (psnr_ax, "psnr", "best attack: PSNR (dB)"),
@@ -947,7 +999,7 @@ def privacy_utility_figure(
             ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
             ax.set_ylim(-0.05, 1.05)
     handles, labels = psnr_ax.get_legend_handles_labels()
-    psnr_ax.legend(handles, labels, fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    psnr_ax.legend(handles, labels, fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     return fig
 
@@ -966,6 +1018,35 @@ def claims_table(checks, *, brief: bool = False, columns: dict[str, str] | None 
         for row, c in zip(rows, checks):
             row.update(chapter=c.claim.words(c.said), held_out=c.claim.words(c.found))
     return markdown_table(rows, columns or claims.COLUMNS)
+
+
+def claim_text(check) -> str:
+    """A claim for the prose, as the book claims it: the comparison on the chapter's runs
+    (:func:`~gi_tutorial.stats.compare`), then what the held-out runs found, and where they do not bear it
+    out (:attr:`~gi_tutorial.claims.Check.borne_out`), that the book does not claim it. Glue this, not the
+    chapter's sentence alone, wherever a verdict has a held-out twin: the text follows the numbers.
+
+    >>> from gi_tutorial import claims, stats
+    >>> t, h = stats.Tally(keys=("seed", "method")), stats.Tally(keys=("seed", "method"))
+    >>> for s, (x, g, g2) in enumerate([(12.0, 15.5, 12.5), (10.0, 14.0, 13.0), (11.0, 16.5, 11.5)]):
+    ...     t.add(seed=s, method="GI-x", psnr=x); t.add(seed=s, method="GIAS", psnr=g)
+    ...     h.add(seed=s, method="GI-x", psnr=x); h.add(seed=s, method="GIAS", psnr=g2)
+    >>> claim = claims.Claim("GIAS", "GI-x", "psnr", margin=1.0)
+    >>> claim_text(claims.check([claim], t, t)[0])
+    'GIAS is +4.3 ± 1.0 dB (n = 3) from GI-x, ahead by more than 1 dB in 3 of 3 pairs: GIAS wins; held out, GIAS wins too'
+    >>> print(claim_text(claims.check([claim], t, h)[0]).split("pairs: ")[1])
+    GIAS wins on this chapter's runs, but held out no clear winner, so the book does not claim it
+    """
+    from .claims import SCORES
+    from .stats import compare
+
+    claim = check.claim
+    _, unit, fmt = SCORES[claim.metric]
+    said = compare(claim.side(claim.a), claim.side(claim.b), check.chapter, unit=unit, fmt=fmt)
+    found = claim.words(check.found)
+    if not check.borne_out:
+        return f"{said} on this chapter's runs, but held out {found}, so the book does not claim it"
+    return f"{said}; held out, {found}" + (" too" if check.found == check.said else "")
 
 
 def slice_table(check):
