@@ -16,6 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
+from IPython.display import Markdown
 
 import colab_notebooks
 import sync_notebooks
@@ -241,7 +242,9 @@ def test_number_recorder_shows_glued_values(monkeypatch):
     namespace["display"] = shown.append
     viz.glue("psnr", 23.456)
     viz.Clock().glue("runtime")  # the library's own glue calls are recorded too
-    namespace["show_numbers"](("psnr", ".1f"), ("runtime", ""), ("never", ".1f"))
+    viz.glue("command", Markdown("`python x.py --a 1`"))  # pasted with {glue:md} in the book: its text here
+    namespace["show_numbers"](("psnr", ".1f"), ("runtime", ""), ("command", ""), ("never", ".1f"))
     text = shown[-1].data
     assert "**[psnr]** = 23.5" in text and "**[runtime]** = " in text
+    assert "**[command]** = `python x.py --a 1`" in text
     assert "**[never]**: not computed yet" in text

@@ -1,5 +1,6 @@
-"""The built pages read as intended: no raw Markdown tables, mangled --flags, object reprs, empty columns
-or images without alt text (tools/html_check.py on the session's whole-book build).
+"""The built pages read as intended: no raw Markdown tables, mangled --flags, object reprs, empty columns,
+images without alt text, doubled words, literal backticks or control characters (tools/html_check.py on
+the session's whole-book build).
 
 The checker is tested first on small hand-written pages, one per defect, built the way myst-nb renders
 a chapter (``cell_input`` / ``cell_output`` containers, ``pasted-text`` for glued values).
@@ -39,6 +40,8 @@ def text_output(text: str) -> str:
 CLEAN = page(
     "<h1>Chapter</h1><p>Run <code class='docutils literal notranslate'>make test --quick</code>; threat models A–H, "
     "pages 3–5, and a dash – here. The defense is <span class='pasted-text'>noise (σ = 0.1)</span>.</p>"
+    "<p>It had had its say. See Exercise <a href='#ch2-gap'><span>10</span></a>. The sweep ran "
+    "<code class='docutils literal notranslate'><span class='pre'>python x.py --a 1</span></code>, sha256 ab12….</p>"
     "<table><thead><tr><th>method</th><th>PSNR</th><th>LPIPS</th></tr></thead>"
     "<tbody><tr><td>GI-x</td><td>18.2</td><td>not computed</td></tr>"
     "<tr><td>GIAS</td><td>24.0</td><td>0.31</td></tr></tbody></table>"
@@ -76,6 +79,12 @@ def test_a_clean_page_passes():
         ("<img alt='../_images/abc123.png' src='../_images/abc123.png'>", "alt text is its file path"),
         ("<img alt='figures/ch3/grid.svg' src='../_images/grid.svg'>", "alt text is its file path"),
         ("<img src='../_images/abc123.png'>", "image without alt text"),
+        ("<p>Exercise Exercise 10 asks what the gap is.</p>", "doubled word 'Exercise Exercise'"),
+        ("<p>See Exercise <a href='#ch2-gap'><span class='std std-ref'>Exercise 10</span></a>.</p>", "doubled word"),
+        ("<li>the the floors</li>", "doubled word"),
+        ("<p>It ran <span class='pasted-text'>`python x.py --a 1` (sha256 ab12…)</span>.</p>", "literal backticks"),
+        ("<p>Type `make test` to run them.</p>", "literal backticks"),
+        ("<p>at the same <span class='math notranslate'>\\( \x0barepsilon\\)</span></p>", "control character"),
         ("<img alt='  ' src='../_images/abc123.png'>", "image without alt text"),
     ],
 )

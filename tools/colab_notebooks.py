@@ -63,7 +63,7 @@ viz._book_glue = getattr(viz, "_book_glue", viz.glue)
 
 
 def _record_glue(name, value, display=False):
-    GLUED[name] = value
+    GLUED[name] = value.data if isinstance(value, Markdown) else value  # a glued command: its text, in code font
     return viz._book_glue(name, value, display=display)
 
 

@@ -7,7 +7,14 @@
   an object printed where a sentence or a table was meant;
 - a table column in which every cell reads "not computed": a column that should have been left out;
 - an image in the page's content whose alt text is empty or is its own file path (myst-nb's default
-  when a figure cell has no alt text).
+  when a figure cell has no alt text);
+- a doubled word in the text, as in "Exercise Exercise 10" (a word typed before a reference that
+  writes it too);
+- literal backticks in the text or a glued value, as in "`python x.py --a 1`": Markdown glued as
+  plain text (``{glue:text}``), which shows its backticks instead of code font (glue a ``Markdown``
+  object and paste it with ``{glue:md}``);
+- a control character in the text, as in "$\x0barepsilon$": a backslash escape (``\v``) eaten by a
+  Python string that was meant to hold LaTeX.
 
 The code a cell shows (its input) and code blocks in the prose are not checked for the first three:
 code may legitimately contain ``|---|``, ``--`` or a constructor call.
@@ -29,6 +36,11 @@ MANGLED_FLAG = re.compile(r"(?<!\w)\u2013[A-Za-z]")  # "–flag"; "A–H" and "1
 DATACLASS_REPR = re.compile(r"\b[A-Z][A-Za-z0-9]*\((?:[a-z_][a-z0-9_]*)=")
 NOT_COMPUTED = re.compile(r"^\s*not computed\b", re.IGNORECASE)
 IMAGE_FILE = re.compile(r"\.(png|jpe?g|svg|gif|webp)$", re.IGNORECASE)
+DOUBLED_WORD = re.compile(r"\b([A-Za-z]{2,})\s+\1\b", re.IGNORECASE)
+DOUBLES_ALLOWED = {"had", "that"}  # English allows "had had" and "that that"
+LITERAL_BACKTICKS = re.compile(r"`[^`\s][^`]*`")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+PROSE_BLOCKS = ["p", "li", "dd", "dt", "td", "th", "caption", "h1", "h2", "h3", "h4", "h5", "h6"]
 
 
 def _content(soup: BeautifulSoup) -> Tag:
@@ -89,6 +101,19 @@ def find_defects(html: str) -> list[str]:
             defects.append(f"en dash before a letter (a --flag outside code font?): {snippet!r}")
         if DATACLASS_REPR.search(text) and (in_output or not in_code):
             defects.append(f"raw object repr in an output or the text: {snippet!r}")
+        if in_code:
+            continue  # the rules below are about prose and glued values: code may hold anything
+        if LITERAL_BACKTICKS.search(text):
+            defects.append(f"literal backticks (Markdown glued as text? use {{glue:md}}): {snippet!r}")
+        if CONTROL.search(text):
+            defects.append(f"control character (a backslash escape eaten?): {snippet!r}")
+    for block in content.find_all(PROSE_BLOCKS):  # a doubled word may span two nodes: "Exercise " + a reference
+        if block.find(PROSE_BLOCKS) or _inside(block, _is_code) or _inside(block, _is_cell_input):
+            continue  # the innermost blocks only, each once
+        text = block.get_text()
+        doubled = [m[0] for m in DOUBLED_WORD.finditer(text) if m[1].lower() not in DOUBLES_ALLOWED]
+        if doubled:
+            defects.append(f"doubled word {doubled[0]!r}: {' '.join(text.split())[:80]!r}")
     for number, table in enumerate(content.find_all("table")):
         rows = [row for row in table.find_all("tr") if row.find("td")]
         if not rows:
