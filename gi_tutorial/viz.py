@@ -166,9 +166,14 @@ def _cell(text: str) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: dict[str, str], formats: dict[str, str] | None = None):
-    """A Markdown table (an IPython ``Markdown`` object) of ``rows``; ``columns`` maps keys to headers.
+    r"""A Markdown table (an IPython ``Markdown`` object) of ``rows``; ``columns`` maps keys to headers.
 
-    A ``|`` in a header or a cell is escaped, so it shows as itself instead of breaking the table.
+    A ``|`` in a header or a cell is escaped, so it shows as itself instead of breaking the table:
+
+    >>> print(markdown_table([{"rule": "l1", "residual": "||Ax - y|| = 0.5"}], {"rule": "rule", "residual": "|r|"}).data)
+    | rule | \|r\| |
+    |---|---|
+    | l1 | \|\|Ax - y\|\| = 0.5 |
     """
     from IPython.display import Markdown
 
@@ -538,6 +543,13 @@ def label_scores_figure(
     y axis is symmetric-logarithmic, linear only below ``linthresh`` (by default half the smallest
     nonzero entry): every bar lies in the logarithmic part and stays visible. Each value is written
     above the zero line or its bar, so no label sits on the class names.
+
+    >>> fig = label_scores_figure(torch.tensor([-0.9, 0.89, 1e-5, 0.01 - 1e-5]), ["cat", "dog", "frog", "ship"])
+    >>> fig.axes[0].yaxis.get_transform().linthresh <= 1e-5 / 2  # the smallest bar is drawn on the log part
+    True
+    >>> [t.get_text() for t in fig.axes[0].texts], all(t.xyann[1] > 0 for t in fig.axes[0].texts)
+    (['-0.900', '+0.890', '+1.0e-05', '+1.0e-02'], True)
+    >>> plt.close(fig)
     """
     values = [float(v) for v in scores.detach().cpu()]
     linthresh = linthresh or min((abs(v) for v in values if v != 0), default=1e-3) / 2
