@@ -146,17 +146,34 @@ def generator_step_figures(victim_name: str, batch_size: int, num_iters: int, ro
             loss.backward(inputs=variables)
         return counter.get_total_flops()
 
+    def adam_steps(n: int) -> float:
+        """Seconds per Adam step over the per-image copies' weights alone: a part of stage 2 that no
+        arrangement of the generator's layers removes (it reads and writes every weight and both
+        moments at every step, batch_size x the generator's parameters)."""
+        space = spaces.GeneratorSpace(generator, batch_size, z=z)
+        variables = space.init(torch.Generator().manual_seed(0))
+        for v in variables:
+            v.grad = torch.randn_like(v)
+        opt = invert._adam(variables, budget.w_lr)
+        opt.step()
+        start = time.process_time()
+        for _ in range(n):
+            opt.step()
+        return (time.process_time() - start) / n
+
     work = {name: flops(name) for name in make if name != "vmap"}  # the counter does not see through vmap
     times = {name: [] for name in make}
+    times["adam"] = []
     for name in make:  # warm-up
         marginal(name)
     for _ in range(rounds):  # interleaved, so machine load affects every method alike
         for name in make:
             times[name].append(marginal(name))
+        times["adam"].append(adam_steps(num_iters))
     ms = {name: 1000 * statistics.median(t) for name, t in times.items()}
     return {
         **ms,
-        **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in make},
+        **{f"{name}_ratio": ms[name] / ms["GI-x"] for name in times},
         **{f"{name}_flops": work[name] / work["GI-x"] for name in work},
     }
 
@@ -202,7 +219,9 @@ def main() -> None:
             "and convolutions, torch.utils.flop_counter), what the ratio would be if every FLOP cost the same:\n"
             "  stage 2 = GIAS's per-image copies of the weights, as the library runs them (per-copy layers);\n"
             "  vmap = the same copies through torch.func.vmap; one copy = a single copy shared by the batch\n"
-            "  (GIML's inner loop: the generator's own work, with no per-image weights)"
+            "  (GIML's inner loop: the generator's own work, with no per-image weights); Adam = the fused Adam\n"
+            "  step over the per-image copies alone, a part of stage 2 that grows with the batch (its weights and\n"
+            "  both moments, read and written at every step)"
         )
         for victim in args.victims.split(","):
             for b in (int(b) for b in args.batches.split(",")):
@@ -212,7 +231,7 @@ def main() -> None:
                     f"{f['GI-z_ratio']:.2f}x ({f['GI-z_flops']:.2f}) | stage 2 {f['stage 2']:5.1f} ms "
                     f"{f['stage 2_ratio']:.2f}x ({f['stage 2_flops']:.2f}) | vmap {f['vmap']:5.1f} ms "
                     f"{f['vmap_ratio']:.2f}x | one copy {f['shared']:5.1f} ms {f['shared_ratio']:.2f}x "
-                    f"({f['shared_flops']:.2f})",
+                    f"({f['shared_flops']:.2f}) | Adam {f['adam']:5.1f} ms {f['adam_ratio']:.2f}x",
                     flush=True,
                 )
     if args.chapters or both:

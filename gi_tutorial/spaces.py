@@ -131,37 +131,80 @@ class LatentSpace:
         return {"z": self.z.detach().clone()}
 
 
+class _TransposedConvolutions(torch.autograd.Function):
+    """B transposed convolutions at once, input ``b`` with weight ``b``: batched matrix products and ``fold``.
+
+    The forward is what autograd would record: the kernel windows ``x_b^T W_b`` of every copy in one
+    batched product, summed into the output by ``fold``. The backward is written out: the output
+    gradient's windows (``fold``'s adjoint, what ``F.unfold`` computes) come from one strided copy of
+    the padded gradient, which costs at most what ``F.unfold`` does on the CPU (half of it at the
+    DCGAN's 8x8 -> 16x16 layer with 8 copies, timed alone), and both gradients come out of one batched
+    product each, in their own layouts (no transposed copy for autograd to make). It is made of
+    differentiable operations, so it can itself be differentiated (tests/test_spaces_speed.py).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, size: list[int], geometry: tuple) -> torch.Tensor:
+        copies, c_in, h, w = x.shape
+        c_out, kh, kw = weight.shape[2:]
+        stride, padding, dilation = geometry
+        flat = weight.reshape(copies, c_in, c_out * kh * kw)
+        # x^T W rather than W^T x: with 8 copies it streams the DCGAN's 192 -> 96 weight faster
+        columns = torch.bmm(x.reshape(copies, c_in, h * w).transpose(1, 2), flat).transpose(1, 2)
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = geometry
+        return F.fold(columns, size, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        copies, c_in, h, w = x.shape
+        c_out, kh, kw = weight.shape[2:]
+        padded = F.pad(grad, (padding[1], padding[1], padding[0], padding[0])).contiguous()
+        hp, wp = padded.shape[-2:]
+        windows = padded.as_strided(
+            (copies, c_out, kh, kw, h, w),
+            (c_out * hp * wp, hp * wp, dilation[0] * wp, dilation[1], stride[0] * wp, stride[1]),
+            padded.storage_offset(),
+        ).reshape(copies, c_out * kh * kw, h * w)  # = F.unfold(grad, ...): every window the forward summed
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(weight.reshape(copies, c_in, c_out * kh * kw), windows).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(x.reshape(copies, c_in, h * w), windows.transpose(1, 2)).reshape(weight.shape)
+        return grad_x, grad_weight, None, None
+
+
 class _CopiesConvTranspose2d(nn.Module):
     """A ConvTranspose2d whose weight is ``(B, C_in, C_out, kh, kw)``: input ``b`` meets copy ``b``.
 
     One batched matrix product (then ``fold``, which sums the overlapping kernel windows) does
-    the work of B transposed convolutions; on the CPU this costs about a third of the grouped
-    convolution that ``vmap`` turns the per-copy layer into (benchmarks/run.py --generator).
+    the work of B transposed convolutions (:class:`_TransposedConvolutions`); on the CPU this
+    costs about a third of the grouped convolution that ``vmap`` turns the per-copy layer into,
+    and less than a grouped transposed convolution too (benchmarks/run.py --generator).
     """
 
     def __init__(self, layer: nn.ConvTranspose2d):
         super().__init__()
-        self.weight, self.bias = layer.weight, layer.bias
+        self.weight, self.bias = _unbound(layer.weight), _unbound(layer.bias)
         self.stride, self.padding, self.dilation = layer.stride, layer.padding, layer.dilation
         self.output_padding = layer.output_padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         copies, c_in, h, w = x.shape
         c_out, kh, kw = self.weight.shape[2:]
-        flat = self.weight.reshape(copies, c_in, c_out * kh * kw)
         if (h, w) == (1, 1) and self.padding == (0, 0) and self.output_padding == (0, 0) and self.dilation == (1, 1):
+            flat = self.weight.reshape(copies, c_in, c_out * kh * kw)
             y = torch.bmm(x.reshape(copies, 1, c_in), flat).reshape(copies, c_out, kh, kw)  # a 1x1 input: no overlap
         else:
-            # x^T W rather than W^T x: the weight's gradient, x (dx)^T, then comes out in the weight's own
-            # layout (the other order makes autograd transpose a (B, C_in, C_out*kh*kw) tensor every step)
-            columns = torch.bmm(x.reshape(copies, c_in, h * w).transpose(1, 2), flat).transpose(1, 2)
             size = [
                 (n - 1) * s - 2 * p + d * (k - 1) + o + 1
                 for n, s, p, d, k, o in zip(
                     (h, w), self.stride, self.padding, self.dilation, (kh, kw), self.output_padding
                 )
             ]
-            y = F.fold(columns, size, (kh, kw), dilation=self.dilation, padding=self.padding, stride=self.stride)
+            y = _TransposedConvolutions.apply(x, self.weight, size, (self.stride, self.padding, self.dilation))
         return y if self.bias is None else y + self.bias[:, :, None, None]
 
 
@@ -170,7 +213,7 @@ class _CopiesConv2d(nn.Module):
 
     def __init__(self, layer: nn.Conv2d):
         super().__init__()
-        self.weight, self.bias = layer.weight, layer.bias
+        self.weight, self.bias = _unbound(layer.weight), _unbound(layer.bias)
         self.stride, self.padding, self.dilation, self.groups = (
             layer.stride,
             layer.padding,
@@ -193,7 +236,7 @@ class _CopiesLinear(nn.Module):
 
     def __init__(self, layer: nn.Linear):
         super().__init__()
-        self.weight, self.bias = layer.weight, layer.bias
+        self.weight, self.bias = _unbound(layer.weight), _unbound(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         copies = x.shape[0]
@@ -208,7 +251,7 @@ class _CopiesBatchNorm(nn.Module):
 
     def __init__(self, layer: nn.modules.batchnorm._BatchNorm):
         super().__init__()
-        self.weight, self.bias, self.eps = layer.weight, layer.bias, layer.eps
+        self.weight, self.bias, self.eps = _unbound(layer.weight), _unbound(layer.bias), layer.eps
         self.register_buffer("running_mean", layer.running_mean)
         self.register_buffer("running_var", layer.running_var)
         self.register_buffer("num_batches_tracked", layer.num_batches_tracked)
@@ -223,10 +266,17 @@ class _CopiesBatchNorm(nn.Module):
         return y
 
 
+def _unbound(weight: nn.Parameter | None) -> torch.Tensor | None:
+    """A plain-tensor placeholder for a per-copy layer's weight: :meth:`GeneratorSpace.init` binds the
+    stacked copies in its place (a plain attribute, not a registered parameter, so that the copies run
+    as a direct call rather than through ``functional_call``, which costs about 0.3 ms a step)."""
+    return None if weight is None else weight.detach()
+
+
 def _copies_module(generator: nn.Module) -> nn.Module | None:
     """``generator`` with each layer that holds weights swapped for its per-copy version, or None.
 
-    The result, called through ``functional_call`` with weights stacked along a leading copy
+    The result, once :func:`_bind` has given its layers weights stacked along a leading copy
     dimension, maps a batch of B codes to B images, image ``b`` through copy ``b``. Layers
     without weights are kept (they act on each image alone in eval mode: activations,
     upsampling, pooling). None when a layer with weights has no per-copy version here
@@ -259,6 +309,13 @@ def _copies_module(generator: nn.Module) -> nn.Module | None:
         parent_name, _, child = name.rpartition(".")
         setattr(copies.get_submodule(parent_name) if parent_name else copies, child, kind(module))
     return copies
+
+
+def _bind(copies: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Point each per-copy layer of ``copies`` (from :func:`_copies_module`) at its stacked weights."""
+    for name, w in weights.items():
+        owner, _, attribute = name.rpartition(".")
+        setattr(copies.get_submodule(owner) if owner else copies, attribute, w)
 
 
 class GeneratorSpace:
@@ -323,13 +380,15 @@ class GeneratorSpace:
         }
         for w in self.weights.values():
             w.requires_grad_(True)
+        if self.copies is not None:
+            _bind(self.copies, self.weights)
         return list(self.weights.values())
 
     def images(self) -> torch.Tensor:
         if self.shared:
             return functional_call(self.base, ({**self.weights, **self.buffers},), (self.z,))
         if self.copies is not None:
-            return functional_call(self.copies, ({**self.weights, **self.buffers},), (self.z,))
+            return self.copies(self.z)
 
         def one_image(weights: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, ({**weights, **self.buffers},), (z[None],))[0]
