@@ -1173,3 +1173,43 @@ def setting_comparisons(
                 rows.append({"note": note, "method": method, "score": claim.score, "comparison": claim.sentence(pool)})
     columns = {"note": note_header, "method": "method", "score": "score", "comparison": "comparison"}
     return markdown_table(rows, columns), differ
+
+
+def model_count_table(counts: dict[tuple[str, tuple[int, int, int], int], Any]):
+    """Chapter 1's counts: per (model, image shape, batch size), unknown pixels, gradient entries, independent
+    equations (:func:`gi_tutorial.analytic.count`), their ratio and whether the batch is under-determined by count.
+
+    >>> from gi_tutorial import analytic, models
+    >>> lenet = models.build_model("lenet")
+    >>> table = model_count_table({("lenet", (3, 32, 32), b): analytic.count(lenet, (3, 32, 32), b) for b in (1, 64)})
+    >>> print(table.data.splitlines()[0])
+    | model | image | batch size | unknowns (pixels) | gradient entries | independent equations | unknowns / equations | under-determined by count |
+    >>> [line.split(" | ")[-1] for line in table.data.splitlines()[2:]]
+    ['no |', 'yes |']
+    """
+    rows = [
+        {
+            "model": name,
+            "images": "×".join(map(str, shape)),
+            "batch": b,
+            "unknowns": c.unknowns,
+            "entries": c.entries,
+            "equations": c.equations,
+            "ratio": c.ratio,
+            "under": "yes" if c.under_determined else "no",
+        }
+        for (name, shape, b), c in counts.items()
+    ]
+    columns = {
+        "model": "model",
+        "images": "image",
+        "batch": "batch size",
+        "unknowns": "unknowns (pixels)",
+        "entries": "gradient entries",
+        "equations": "independent equations",
+        "ratio": "unknowns / equations",
+        "under": "under-determined by count",
+    }
+    return markdown_table(
+        rows, columns, formats={"unknowns": "{:,}", "entries": "{:,}", "equations": "{:,}", "ratio": "{:.2f}"}
+    )
