@@ -1213,3 +1213,23 @@ def model_count_table(counts: dict[tuple[str, tuple[int, int, int], int], Any]):
     return markdown_table(
         rows, columns, formats={"unknowns": "{:,}", "entries": "{:,}", "equations": "{:,}", "ratio": "{:.2f}"}
     )
+
+
+def twin_batches_table(rows: Sequence[dict[str, Any]]):
+    """Chapter 1's batches with exactly the same gradient: per seed, the largest relative gradient difference
+    (``gap``), the PSNR between the two batches (``psnr``), the images changed (``changed``) and the share of
+    pixels outside [0, 1] (``outside``, in %).
+
+    >>> print(twin_batches_table([{"seed": 0, "gap": 3e-7, "psnr": 12.34, "changed": 6, "outside": 1.25}]).data)
+    | seed | largest relative gradient difference | PSNR between the two batches (dB) | images changed (PSNR < 40 dB) | pixels outside [0, 1] (%) |
+    |---|---|---|---|---|
+    | 0 | 3.0e-07 | 12.3 | 6 | 1.2 |
+    """
+    columns = {
+        "seed": "seed",
+        "gap": "largest relative gradient difference",
+        "psnr": "PSNR between the two batches (dB)",
+        "changed": "images changed (PSNR < 40 dB)",
+        "outside": "pixels outside [0, 1] (%)",
+    }
+    return markdown_table(rows, columns, formats={"gap": "{:.1e}", "psnr": "{:.1f}", "outside": "{:.1f}"})
