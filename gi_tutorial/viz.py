@@ -1233,3 +1233,59 @@ def twin_batches_table(rows: Sequence[dict[str, Any]]):
         "outside": "pixels outside [0, 1] (%)",
     }
     return markdown_table(rows, columns, formats={"gap": "{:.1e}", "psnr": "{:.1f}", "outside": "{:.1f}"})
+
+
+def failure_modes(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Which failure mode a sweep's failed runs show, from battery rows with ``identified`` (the batch's share),
+    ``relative`` (the final gradient distance over the shared gradient's squared norm) and ``batch``.
+
+    A run *recovered* its batch when every image is identified. A failed run whose relative distance is at most
+    the loosest recovered run's *fitted* the gradient: its failure is the problem's (not identifiable or
+    ill-conditioned), not the optimiser's. Returns the counts (``runs``, ``recovered``, ``failed``, ``fitted``),
+    the ranges of relative distance as text (``fit_range``, ``failed_range``), the failed batch sizes
+    (``failed_batches``) and the verdict sentence (``verdict``).
+
+    >>> rows = [{"identified": 1.0, "relative": 1e-6, "batch": 1}, {"identified": 0.5, "relative": 1e-2, "batch": 8}]
+    >>> modes = failure_modes(rows)
+    >>> modes["fit_range"], modes["failed_range"], modes["failed_batches"]
+    ('1e-06 to 1e-06', '1e-02 to 1e-02', '8')
+    >>> print(modes["verdict"])
+    Every failed run stopped farther from the gradient than any recovered run: at this budget the optimiser did not finish, so these runs cannot say whether the problem is also at fault.
+    """
+    recovered = [r for r in runs if r["identified"] == 1.0]  # every image of the batch identified
+    failed = [r for r in runs if r["identified"] < 1.0]
+    fit = max((r["relative"] for r in recovered), default=None)  # the loosest fit that still recovered a batch
+    fitted = [r for r in failed if fit is not None and r["relative"] <= fit]
+    if not failed:
+        verdict = "No run failed, so neither failure mode shows at this budget."
+    elif fit is None:
+        verdict = "No run recovered its batch, so this budget gives no reference fit."
+    elif len(fitted) == len(failed):
+        verdict = (
+            "Every failed run matched the gradient as closely as a recovered one, at images that are not the private "
+            "batch: at these batch sizes the failure is the problem's, not the optimiser's."
+        )
+    elif fitted:
+        verdict = (
+            "Some failed runs matched the gradient as closely as a recovered one (the problem's failure) and others "
+            "stopped farther away (the optimiser's, at this budget)."
+        )
+    else:
+        verdict = (
+            "Every failed run stopped farther from the gradient than any recovered run: at this budget the optimiser "
+            "did not finish, so these runs cannot say whether the problem is also at fault."
+        )
+    return {
+        "runs": len(runs),
+        "recovered": len(recovered),
+        "failed": len(failed),
+        "fitted": len(fitted),
+        "fit_range": "no run recovered its batch"
+        if fit is None
+        else f"{min(r['relative'] for r in recovered):.0e} to {fit:.0e}",
+        "failed_range": "none"
+        if not failed
+        else f"{min(r['relative'] for r in failed):.0e} to {max(r['relative'] for r in failed):.0e}",
+        "failed_batches": ", ".join(str(b) for b in sorted({r["batch"] for r in failed})) or "none",
+        "verdict": verdict,
+    }
