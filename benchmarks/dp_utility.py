@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                         num_clients=num_clients,
                     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    ran = len(runs)  # this command's runs (a merge adds the kept ones below)
     command = "python benchmarks/dp_utility.py" + (
         "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
     )
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"runs": runs, "anchors": ANCHORS}
     for row in pt.summarize(results):
         print(row["label"], row["accuracy"].format("{:.2%}"), f"(epsilon spent {row['epsilon']:.3g})")
-    print(f"{len(runs)} runs in {seconds:.0f} s ({cpu_seconds:.0f} s CPU) on {threads} thread(s)")
+    print(f"{ran} runs in {seconds:.0f} s ({cpu_seconds:.0f} s CPU) on {threads} thread(s)")
     if out is not None:
         storage.save_results(
             out,
