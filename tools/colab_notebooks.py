@@ -381,8 +381,9 @@ def convert(nb: nbformat.NotebookNode, stem: str, bib: dict, config: dict) -> nb
             if sync_notebooks.TAG in tags:
                 cell.source = f"{FORM_TITLE}Install gi_tutorial (Colab only; keeps Colab's torch)\n{cell.source}"
                 cell.metadata = {"cellView": "form"}
-            elif "hide-cell" in tags or "hide-input" in tags:
-                cell.source = f"{FORM_TITLE}Setup (double-click to show the code)\n{cell.source}"
+            elif "hide-cell" in tags or "hide-input" in tags:  # set-up, tables, figures and verdict sentences
+                title = "Setup" if "hide-cell" in tags else "Hidden in the book"
+                cell.source = f"{FORM_TITLE}{title} (double-click to show the code)\n{cell.source}"
                 cell.metadata = {"cellView": "form"}
         cell.id = new_id(kind)
         emit(index, cell)
