@@ -921,3 +921,31 @@ def load_dp_sgd_audit(path=DP_SGD_AUDIT) -> tuple[stats.Tally, list[dict], dict]
     """
     results, record = storage.load_results(path)
     return stats.Tally.from_json(results["tally"]), results["levels"], record
+
+
+def states_sentence(audits: dict, describe: Callable[[float], str], one_image: float) -> str:
+    """The audits of one mechanism over its noise levels in words: where the strongest attack leaks, is at the
+    floor, or is unclear, and from which level on it is ahead of the floors by at most ``one_image`` (one image of
+    the set, as a rate) on average, the smallest gap the set can show."""
+    levels = sorted(audits)
+    by_state = {s: [z for z in levels if audits[z].state == s] for s in ("leaks", "at the floor", "unclear")}
+
+    def listed(zs: list) -> str:
+        return ", ".join(f"z = {z:.3g}" for z in zs) if zs else "no level"
+
+    text = (
+        f"the strongest attack leaks at {listed(by_state['leaks'])}, is at the floor at "
+        f"{listed(by_state['at the floor'])} and is unclear at {listed(by_state['unclear'])}"
+    )
+    within = None
+    for z in reversed(levels):
+        if audits[z].paired["identified"].gap.mean > one_image + 1e-9:
+            break
+        within = z
+    if within is not None:
+        gap = audits[within].paired["identified"].gap
+        text += (
+            f"; from z = {within:.3g} on ({describe(within)}) it is ahead of the best floor by at most one image of "
+            f"the set on average (at z = {within:.3g}: {gap.format('{:.0%}')})"
+        )
+    return text + "."

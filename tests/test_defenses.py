@@ -634,3 +634,13 @@ def test_the_shipped_dp_sgd_audit_is_consistent_with_the_library():
         assert len(rows) == 5 * len(record["seeds"])  # GI-x, GI-z, GIAS and the two floors, per group
     eps8 = [level for level in levels if level["why"] == "epsilon 8"]
     assert len(eps8) == 1 and 7.9 <= eps8[0]["epsilon"] <= 8.0
+
+
+def test_states_sentence_lists_the_states_and_where_the_gap_falls_to_one_image():
+    tally = _audit_tally({0.001: (0.8, 0.9), 0.01: (0.0, 0.5), 0.1: (0.0, 0.08), 1.0: (-0.05, 0.0)})
+    audits = {z: defenses.audit(tally, z=z) for z in (0.001, 0.01, 0.1, 1.0)}
+    text = defenses.states_sentence(audits, lambda z: f"level {z}", one_image=1 / 12)
+    # 8 points ahead in every update at 0.1: more than the 5-point margin each time, so it leaks
+    assert "leaks at z = 0.001, z = 0.01, z = 0.1," in text and "at the floor at z = 1 " in text
+    assert "unclear at no level" in text
+    assert "from z = 0.1 on (level 0.1)" in text  # 8 points <= one image of 12 from 0.1 on, not at 0.01 (50 points)
