@@ -25,7 +25,12 @@ floor"), as chapter 5's check treats "no clear winner": with 12 images per setti
 image moves the rate by 8 points, so "unclear" against either clear state is within what the sets
 can tell apart. Whether "stopped" (at the floor) itself agrees is printed too. The stopping levels
 and the factors are printed, not enforced (they sit on grids whose steps are up to a factor of 3).
-About 11 minutes on one core (12 battery runs on the chapter's set, 33 held out).
+About 11 minutes on one core (12 battery runs on the chapter's set, 33 held out). Last run (17:23 UTC,
+685 s): every verdict holds. Both sets: central and z = 0.01 leak; z = 0.03 leaks / unclear; z = 0.1
+at the floor / unclear; DP-SGD unclear on the chapter's set at every level (one image of 12, GI-x at
+5.4 dB, from z = 0.477 on) and at the floor held out from z = 0.3 on (z = 0.1 unclear on both). Local
+noise stops GI-x and GIAS from z = 0.1 on both sets (factor 1, the grid allows 0.3 to 3.3); DP-SGD
+held out from z = 0.3 (factor 1, 0.33 to 3); on the chapter's set GI-x is not stopped by z = 2.
 """
 
 from __future__ import annotations
