@@ -21,6 +21,7 @@ distance and the seconds, as a row of a :class:`~gi_tutorial.stats.Tally`.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -461,8 +462,40 @@ def with_budget(recipe, **changes):
     return replace(recipe, **changes)
 
 
-def adaptive_model(model: nn.Module, update: SharedUpdate) -> nn.Module:
-    """The victim as an attacker who knows the pruning masks inverts it (see :func:`gi_tutorial.defenses.adaptive_model`)."""
-    from .defenses import adaptive_model as _adaptive
+class _MaskedGradients(nn.Module):
+    """The victim with the same outputs, whose parameter gradients are zero outside ``masks``."""
 
-    return _adaptive(model, update)
+    def __init__(self, model: nn.Module, masks: tuple[torch.Tensor, ...]):
+        super().__init__()
+        self.model = model
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask{i}", m.to(torch.get_default_dtype()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        params = dict(self.model.named_parameters())
+        masked = {}
+        for i, name in enumerate(self.names):
+            p, m = params[name], getattr(self, f"mask{i}")
+            masked[name] = p * m + (p * (1 - m)).detach()  # value p; gradient m * dL/dp
+        return torch.func.functional_call(self.model, masked, (x,))
+
+
+def adaptive_model(model: nn.Module, update: SharedUpdate) -> nn.Module:
+    """The model an attacker who knows the pruning masks inverts: its gradients are zero where the client's are.
+
+    Against a pruned update the plain attacker compares its candidate's full gradient with
+    a gradient whose pruned entries are zero; the adaptive attacker compares only the kept
+    entries, as the GIAS authors' ``sim_cmpr`` does. Passing this model to
+    :func:`~gi_tutorial.invert.reconstruct` (or :func:`~gi_tutorial.invert.gias`) does
+    that with the unchanged loop: the forward pass is the victim's, and the gradient of
+    every parameter is masked. Without pruning records it returns a copy of the model.
+    """
+    from .defenses import kept_masks  # the masks are the defense's public record
+
+    masks = kept_masks(update)
+    local = copy.deepcopy(model)
+    if masks is None:
+        return local
+    update.check_matches(model)
+    return _MaskedGradients(local, masks).train(model.training)

@@ -26,7 +26,8 @@ decides whom they protect against (the server of this book sees every update it 
   a stated local-training schedule (:class:`SGDSchedule`) is :func:`dp_sgd_epsilon`.
 
 Besides: :func:`add_noise` and :func:`clip` (the two halves, with no formal promise alone),
-:func:`prune` with :func:`adaptive_model` (the attacker who matches only the kept entries),
+:func:`prune` (its masks, :func:`kept_masks`, are public: :func:`gi_tutorial.attacks.adaptive_model`
+matches only the kept entries),
 and the accounting: :func:`epsilon` and :func:`noise_multiplier_for` run Opacus's RDP
 (Mironov, 2017; Mironov, Talwar and Zhang, 2019) or PRV (Gopi et al., 2021) accountant and
 always state their adjacency (``"add_remove"`` or ``"replace_one"``) and their Poisson
@@ -319,43 +320,6 @@ def kept_masks(update: SharedUpdate) -> tuple[torch.Tensor, ...] | None:
         if record.masks is not None:
             masks = record.masks if masks is None else tuple(a & b for a, b in zip(masks, record.masks))
     return masks
-
-
-class _MaskedGradients(nn.Module):
-    """The victim with the same outputs, whose parameter gradients are zero outside ``masks``."""
-
-    def __init__(self, model: nn.Module, masks: tuple[torch.Tensor, ...]):
-        super().__init__()
-        self.model = model
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        for i, m in enumerate(masks):
-            self.register_buffer(f"mask{i}", m.to(torch.get_default_dtype()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = dict(self.model.named_parameters())
-        masked = {}
-        for i, name in enumerate(self.names):
-            p, m = params[name], getattr(self, f"mask{i}")
-            masked[name] = p * m + (p * (1 - m)).detach()  # value p; gradient m * dL/dp
-        return torch.func.functional_call(self.model, masked, (x,))
-
-
-def adaptive_model(model: nn.Module, update: SharedUpdate) -> nn.Module:
-    """The model an attacker who knows the pruning masks inverts: its gradients are zero where the client's are.
-
-    Against a pruned update the plain attacker compares its candidate's full gradient with
-    a gradient whose pruned entries are zero; the adaptive attacker compares only the kept
-    entries, as the GIAS authors' ``sim_cmpr`` does. Passing this model to
-    :func:`~gi_tutorial.invert.reconstruct` (or :func:`~gi_tutorial.invert.gias`) does
-    that with the unchanged loop: the forward pass is the victim's, and the gradient of
-    every parameter is masked. Without pruning records it returns a copy of the model.
-    """
-    masks = kept_masks(update)
-    local = copy.deepcopy(model)
-    if masks is None:
-        return local
-    update.check_matches(model)
-    return _MaskedGradients(local, masks).train(model.training)
 
 
 def check_dp_compatible(model: nn.Module) -> None:
