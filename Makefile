@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 # already on disk, else Debian's dataset-fashion-mnist (as root with apt-get), else torchvision's download.
 BOOK_DATA ?= cifar10:test:20 mnist:test:20 fashion_mnist:test fashion_mnist:train
 
-.PHONY: install data book test lint student colab notebooks vendor browser-check benchmark peer-benchmark generator giml dp-utility central-figure verify clean
+.PHONY: install data book test lint student colab notebooks vendor browser-check benchmark peer-benchmark generator giml dp-utility ch6-dp-sgd-attack central-figure verify clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -98,6 +98,12 @@ central-figure: $(STAMP)
 dp-utility: $(STAMP)
 	$(BIN)/python -m gi_tutorial.data --ensure fashion_mnist:train fashion_mnist:test
 	$(BIN)/python benchmarks/dp_utility.py --only dp_sgd dp_fedavg
+
+# Chapter 6's DP-SGD audit: GI-x, GI-z and GIAS against Opacus DP-SGD updates at each noise multiplier, shipped in
+# gi_tutorial/results/ch6_dp_sgd_attack.json
+ch6-dp-sgd-attack: $(STAMP)
+	$(BIN)/python -m gi_tutorial.data --ensure fashion_mnist:train fashion_mnist:test
+	$(BIN)/python benchmarks/ch6_dp_sgd_attack.py
 
 clean:
 	rm -rf _build student
