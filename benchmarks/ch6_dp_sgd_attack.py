@@ -30,12 +30,10 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from gi_tutorial import attacks, config, data, defenses, generators, models, stats, storage  # noqa: E402
-from gi_tutorial import yardstick as yardsticks  # noqa: E402
+from gi_tutorial import attacks, config, data, defenses, generators, models, stats, storage
+from gi_tutorial import yardstick as yardsticks
 
 DEFAULT_OUT = storage.RESULTS / "ch6_dp_sgd_attack.json"
 BATCH, CLIP, FIRST, GROUPS = 4, 1.0, 1500, 3  # the chapter's: victim A, batch 4, C = 1, test images 1500+

@@ -33,9 +33,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gi_tutorial import config, storage  # noqa: E402
+from gi_tutorial import config, storage
 from gi_tutorial import private_training as pt
 
 DEFAULT_OUT = storage.RESULTS / "dp_utility.json"

@@ -27,10 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from gi_tutorial import attacks, config, fl, generators, invert, models, objectives, priors, spaces, threats
 
-from gi_tutorial import attacks, config, fl, generators, invert, models, objectives, priors, spaces, threats  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def bare_steps(model: torch.nn.Module, update: fl.SharedUpdate, labels: torch.Tensor, shape, num_iters: int) -> float:

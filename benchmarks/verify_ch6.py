@@ -39,14 +39,11 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from gi_tutorial import attacks, config, data, defenses, fl, generators, models, stats  # noqa: E402
-from gi_tutorial import yardstick as yardsticks  # noqa: E402
+from gi_tutorial import attacks, config, data, defenses, fl, generators, models, stats
+from gi_tutorial import yardstick as yardsticks
 
 BATCH, CLIP = 4, 1.0  # the chapter's: victim A, batch 4, S = C = 1
 LOCAL_LEVELS = (0.01, 0.03, 0.1)
