@@ -173,16 +173,29 @@ def test_bad_inputs_raise_value_error(easy, call, match):
         call(train, test)
 
 
-def test_the_benchmark_runs_every_path_in_quick_mode_and_ships_provenance(tmp_path):
+@pytest.fixture(scope="module")
+def benchmark():
+    """benchmarks/dp_utility.py as a module (a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "dp_utility.py"
     spec = importlib.util.spec_from_file_location("dp_utility", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    out = tmp_path / "dp_utility.json"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(benchmark, tmp_path_factory):
+    """The benchmark's every path in quick mode, once for the tests below (seed 0)."""
+    out = tmp_path_factory.mktemp("dp_utility") / "dp_utility.json"
     assert benchmark.main(["--seeds", "0", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_benchmark_runs_every_path_in_quick_mode_and_ships_provenance(quick_run):
+    out = quick_run
     results, provenance = pt.load_shipped(out)
     assert provenance["quick"] is True and provenance["seeds"] == [0] and "dp_utility.py" in provenance["command"]
     experiments = {(r["experiment"], r["target_epsilon"], r.get("clients_per_round")) for r in results["runs"]}
@@ -258,24 +271,21 @@ def test_cosine_decay_takes_the_learning_rate_to_zero_and_bad_decay_is_refused(e
         pt.train_dp_sgd((x, y), test, target_epsilon=8.0, settings=pt.SGDSettings(2, 60, 1.0, decay="step"))
 
 
-def test_the_benchmark_merges_a_rerun_with_the_experiments_it_keeps(tmp_path):
-    import importlib.util
-    from pathlib import Path
+def test_the_benchmark_merges_a_rerun_with_the_experiments_it_keeps(benchmark, quick_run, tmp_path):
+    import shutil
 
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dp_utility.py"
-    spec = importlib.util.spec_from_file_location("dp_utility", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
     out = tmp_path / "dp_utility.json"
-    assert benchmark.main(["--seeds", "0", "--only", "dp_fedavg", "--out", str(out)]) == 0
-    fed_runs = pt.load_shipped(out)[0]["runs"]
-    assert benchmark.main(["--seeds", "0", "--only", "dp_sgd", "--merge", "--out", str(out)]) == 0
+    shutil.copy(quick_run, out)
+    before, first = pt.load_shipped(out)
+    assert benchmark.main(["--seeds", "0", "--only", "live", "--merge", "--out", str(out)]) == 0
     results, provenance = pt.load_shipped(out)
-    assert [r["experiment"] for r in results["runs"]] == ["dp_sgd"] * 4 + ["dp_fedavg"] * len(fed_runs)
-    assert results["runs"][4:] == fed_runs  # kept as they were
-    assert "--only dp_sgd --merge" in provenance["commands"]["dp_sgd"]
-    assert "--only dp_fedavg" in provenance["commands"]["dp_fedavg"] == provenance["merged"]["command"]
-    assert provenance["merged"]["experiments"] == ["dp_fedavg"] and "sha256" in provenance["merged"]
+    assert [r["experiment"] for r in results["runs"]] == [r["experiment"] for r in before["runs"]]  # same order
+    kept = [r for r in before["runs"] if r["experiment"] != "live"]
+    assert [r for r in results["runs"] if r["experiment"] != "live"] == kept  # kept as they were
+    assert "--only live --merge" in provenance["commands"]["live"]
+    assert provenance["commands"]["dp_sgd"] == provenance["commands"]["dp_fedavg"] == first["command"]
+    assert provenance["merged"]["command"] == first["command"]
+    assert provenance["merged"]["experiments"] == ["dp_sgd", "dp_fedavg"] and "sha256" in provenance["merged"]
 
 
 def test_row_of_names_the_settings_there_are():
