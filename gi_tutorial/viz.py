@@ -245,13 +245,21 @@ def show_code(obj: Any):
     return Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```")
 
 
-def glue(name: str, value: Any, display: bool = False) -> None:
-    """Publish a value to the book's prose with myst-nb's glue (a no-op where myst-nb is absent, e.g. Colab)."""
+def glue(name: str, value: Any, display: bool = False, *, markdown: bool = False) -> None:
+    """Publish a value to the book's prose with myst-nb's glue (a no-op where myst-nb is absent, e.g. Colab).
+
+    ``markdown=True`` glues a string as Markdown, for ``{glue:md}`` in the prose: a command in backticks
+    then shows in code font (glued as text, its backticks would show).
+    """
     try:
         from myst_nb import glue as myst_glue
     except ImportError:
         return
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a NumPy or torch scalar: a plain number
+    if markdown:
+        from IPython.display import Markdown
+
+        value = Markdown(value)
+    elif hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a NumPy or torch scalar: a plain number
         value = value.item()  # (its repr, "np.float64(...)", would not take a number format in the prose)
     myst_glue(name, value, display=display)
 

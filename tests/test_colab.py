@@ -16,7 +16,6 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from IPython.display import Markdown
 
 import colab_notebooks
 import sync_notebooks
@@ -235,14 +234,14 @@ def test_chapters_glue_only_through_viz():
 def test_number_recorder_shows_glued_values(monkeypatch):
     """The copy's recording cell: a glued value is shown formatted, a missing one says so."""
     monkeypatch.setattr(viz, "glue", viz.glue)  # restored after the test, with _book_glue below
-    monkeypatch.setattr(viz, "_book_glue", lambda name, value, display=False: None, raising=False)
+    monkeypatch.setattr(viz, "_book_glue", lambda name, value, display=False, markdown=False: None, raising=False)
     namespace: dict = {}
     exec(colab_notebooks.GLUE_RECORDER, namespace)
     shown = []
     namespace["display"] = shown.append
     viz.glue("psnr", 23.456)
     viz.Clock().glue("runtime")  # the library's own glue calls are recorded too
-    viz.glue("command", Markdown("`python x.py --a 1`"))  # pasted with {glue:md} in the book: its text here
+    viz.glue("command", "`python x.py --a 1`", markdown=True)  # pasted with {glue:md} in the book: its text here
     namespace["show_numbers"](("psnr", ".1f"), ("runtime", ""), ("command", ""), ("never", ".1f"))
     text = shown[-1].data
     assert "**[psnr]** = 23.5" in text and "**[runtime]** = " in text

@@ -62,9 +62,9 @@ GLUED = {}
 viz._book_glue = getattr(viz, "_book_glue", viz.glue)
 
 
-def _record_glue(name, value, display=False):
-    GLUED[name] = value.data if isinstance(value, Markdown) else value  # a glued command: its text, in code font
-    return viz._book_glue(name, value, display=display)
+def _record_glue(name, value, display=False, markdown=False):
+    GLUED[name] = value  # a glued command (markdown=True): its text, shown in code font
+    return viz._book_glue(name, value, display=display, markdown=markdown)
 
 
 viz.glue = _record_glue
