@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-snapshots", action="store_true", help="only the table")
     args = parser.parse_args(argv)
     config.set_threads()
-    command = " ".join(["python benchmarks/ch5_table.py", *(argv if argv is not None else sys.argv[1:])])
+    command = storage.command(__file__, argv)
     budget = attacks.budget_for("ch5")  # the quick budget under GI_TUTORIAL_QUICK=1 (a smoke test)
     images, labels = data.fashion_mnist("test")
     if not args.skip_table:

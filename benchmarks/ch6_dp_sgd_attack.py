@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     if out is not None:
-        command = "python benchmarks/ch6_dp_sgd_attack.py" + (
-            "" if not argv and len(sys.argv) == 1 else " " + " ".join(argv or sys.argv[1:])
-        )
+        command = storage.command(__file__, argv)
         storage.save_results(
             out,
             {"tally": tally.to_json(), "levels": plan},

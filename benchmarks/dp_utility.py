@@ -130,9 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     ran = len(runs)  # this command's runs (a merge adds the kept ones below)
-    command = "python benchmarks/dp_utility.py" + (
-        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
-    )
+    command = storage.command(__file__, argv)
     epochs = {
         "dp_sgd": sgd["private"].epochs,
         "non_private": sgd["none"].epochs,

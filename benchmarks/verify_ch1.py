@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"DLG at batch sizes 1 and 8 ({sweep_recipe.num_iters} steps, 1 start), {time.perf_counter() - start:.0f} s")
     seconds = time.perf_counter() - start
     tallies = {"single": single, "sweep": sweep}
-    shipped = claims.load(SHIPPED)[1] if SHIPPED.exists() and args.out != SHIPPED else None
+    shipped = claims.shipped_runs(SHIPPED, args.out)
     if args.out:
-        command = " ".join(["python benchmarks/verify_ch1.py", *(argv if argv is not None else sys.argv[1:])])
+        command = storage.command(__file__, argv)
         claims.save(
             args.out,
             CLAIMS,
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     for experiment, title in (("single", "DLG at batch size 1"), ("sweep", "DLG at batch sizes 1 and 8")):
         print(title)
         chosen = [c for c in CLAIMS if c.experiment == experiment]
-        lines, bad = claims.verify(chosen, SAID, tallies[experiment], shipped and shipped[experiment])
+        lines, bad = claims.verify(chosen, SAID, tallies, shipped)
         print("\n".join(lines))
         failed += bad
     print(

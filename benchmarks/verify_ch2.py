@@ -128,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         f"chapter 2, held out: model seeds {args.seeds}, CIFAR-10 test images {HELD_OUT[0]}-{HELD_OUT[-1]}, "
         f"batch sizes {BATCHES}, {seconds:.0f} s"
     )
-    shipped = claims.load(SHIPPED)[1] if SHIPPED.exists() and args.out != SHIPPED else None
+    shipped = claims.shipped_runs(SHIPPED, args.out)
     if args.out:
-        command = " ".join(["python benchmarks/verify_ch2.py", *(argv if argv is not None else sys.argv[1:])])
+        command = storage.command(__file__, argv)
         claims.save(
             args.out,
             CLAIMS,
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if title:
             print(title)
         chosen = [c for c in CLAIMS if c.experiment == experiment]
-        lines, bad = claims.verify(chosen, SAID, tallies[experiment], shipped and shipped[experiment])
+        lines, bad = claims.verify(chosen, SAID, tallies, shipped)
         print("\n".join(lines))
         failed += bad
     print(

@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(batches of {BATCH}, then 3 single garments), MNIST test digits 2-3, grey CIFAR-10 test image 19, "
         f"{seconds:.0f} s"
     )
-    shipped = claims.load(SHIPPED)[1] if SHIPPED.exists() and args.out != SHIPPED else None
+    shipped = claims.shipped_runs(SHIPPED, args.out)
     if args.out:
-        command = " ".join(["python benchmarks/verify_ch3.py", *(argv if argv is not None else sys.argv[1:])])
+        command = storage.command(__file__, argv)
         claims.save(
             args.out,
             CLAIMS,
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"victim {v}, batch {BATCH} (floors, no gradient: {floors})")
         chosen = [c for c in CLAIMS if c.experiment == "groups" and c.where["victim"] == v]
-        lines, bad = claims.verify(chosen, SAID, tallies["groups"], shipped and shipped["groups"])
+        lines, bad = claims.verify(chosen, SAID, tallies, shipped)
         print("\n".join(lines))
         failed += bad
     print("out of the generator's range (victim A, one target at a time):")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     chosen = [c for c in CLAIMS if c.experiment == "range"]
-    lines, bad = claims.verify(chosen, SAID, tallies["range"], shipped and shipped["range"])
+    lines, bad = claims.verify(chosen, SAID, tallies, shipped)
     print("\n".join(lines))
     failed += bad
     print(

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{seconds:.0f} s"
     )
     if args.out:
-        command = " ".join(["python benchmarks/verify_ch5.py", *(argv if argv is not None else sys.argv[1:])])
+        command = storage.command(__file__, argv)
         storage.save_results(
             args.out,
             held_out.to_json(),

@@ -315,12 +315,13 @@ Said = tuple[Outcome, float]  # a chapter's outcome for a claim, and the sign of
 def verify(
     claims: Iterable[Claim],
     said: Mapping[tuple[str, str], Said],
-    fresh: stats.Tally,
-    shipped: stats.Tally | None = None,
+    fresh: stats.Tally | Mapping[str, stats.Tally],
+    shipped: stats.Tally | Mapping[str, stats.Tally] | None = None,
 ) -> tuple[list[str], int]:
     """``make verify``'s test of one experiment: each claim on ``fresh`` held-out runs, against the chapter.
 
-    ``said`` holds the chapter's outcome of each claim (by :attr:`Claim.key`) from its last full
+    ``fresh`` and ``shipped`` are one tally, or one per experiment (each claim reads its own). ``said`` holds
+    the chapter's outcome of each claim (by :attr:`Claim.key`) from its last full
     run. A claim the book makes must be borne out by ``fresh`` (:func:`still_holds`); a claim
     that the shipped held-out runs (``shipped``, the ones the chapter prints) did not bear out is
     one the book says it does not make (:meth:`Check.verdict`), so it is reported, not counted.
@@ -334,9 +335,9 @@ def verify(
         if claim.key not in said:
             raise ValueError(f"no chapter outcome for the claim {claim.key}; known: {sorted(said)}")
         outcome_said, leaning = said[claim.key]
-        result = claim.paired(fresh)
+        result = claim.paired(_of(fresh, claim))
         found = outcome(result)
-        made = shipped is None or still_holds(outcome_said, leaning, outcome(claim.paired(shipped)))
+        made = shipped is None or still_holds(outcome_said, leaning, outcome(claim.paired(_of(shipped, claim))))
         if still_holds(outcome_said, leaning, found):
             status = "holds"
         elif not made:
@@ -350,6 +351,19 @@ def verify(
             f"      held out: {stats.compare(claim.side(claim.a), claim.side(claim.b), result, unit=unit, fmt=fmt)}"
         )
     return lines, failed
+
+
+def _of(tallies: stats.Tally | Mapping[str, stats.Tally], claim: Claim) -> stats.Tally:
+    return tallies if isinstance(tallies, stats.Tally) else tallies[claim.experiment]
+
+
+def shipped_runs(path, out=None) -> dict[str, stats.Tally] | None:
+    """The held-out runs the chapter prints (``path``), to check fresh ones against: None when there are none
+    yet, or when this run is about to replace them (``out`` is ``path``)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return load(path)[1] if path.exists() and (out is None or Path(out) != path) else None
 
 
 def save(path, claims: Iterable[Claim], tallies: Mapping[str, stats.Tally], **provenance: Any) -> dict:

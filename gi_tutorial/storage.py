@@ -19,7 +19,8 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,17 @@ def payload_sha256(payload: Any) -> str:
     True
     """
     return hashlib.sha256(_canonical(payload)).hexdigest()
+
+
+def command(script: str | os.PathLike, argv: Sequence[str] | None = None) -> str:
+    """The command line that re-runs ``script`` with ``argv`` (None: this process's arguments), as a results
+    file records it: relative to the repository, so that it can be copied.
+
+    >>> command("/repo/benchmarks/verify_ch2.py", ["--out", "a.json"])
+    'python benchmarks/verify_ch2.py --out a.json'
+    """
+    script = Path(script)
+    return " ".join([f"python {script.parent.name}/{script.name}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def save_results(path: str | os.PathLike, results: Any, **provenance: Any) -> dict:
