@@ -117,8 +117,12 @@ class Claim:
 
     def sentence(self, tally: stats.Tally) -> str:
         """The comparison on ``tally``'s runs, in words, with its verdict computed (:func:`stats.compare`)."""
+        return self.describe(self.paired(tally))
+
+    def describe(self, result: stats.Paired) -> str:
+        """A paired comparison of this claim's two sides, in words (:func:`stats.compare`)."""
         _, unit, fmt = SCORES[self.metric]
-        return stats.compare(self.side(self.a), self.side(self.b), self.paired(tally), unit=unit, fmt=fmt)
+        return stats.compare(self.side(self.a), self.side(self.b), result, unit=unit, fmt=fmt)
 
     def side(self, value: Any) -> str:
         return f"{self.by} {value}" if self.by != "method" else str(value)
@@ -148,6 +152,10 @@ class Check:
     def borne_out(self) -> bool:
         return still_holds(self.said, self.chapter.gap.mean, self.found)
 
+    def sentence(self, part: Literal["chapter", "held_out"] = "chapter") -> str:
+        """The comparison on the chapter's runs or on the held-out ones, in words (:func:`stats.compare`)."""
+        return self.claim.describe(getattr(self, part))
+
     def verdict(self) -> str:
         """What the book claims, in words: the chapter's outcome where held-out runs bear it out, else nothing."""
         said, found = self.claim.words(self.said), self.claim.words(self.found)
@@ -168,17 +176,12 @@ def rows(checks: Iterable[Check]) -> list[dict[str, str]]:
         {
             "claim": c.claim.label,
             "score": c.claim.score,
-            "chapter": _sentence(c, "chapter"),
-            "held_out": _sentence(c, "held_out"),
+            "chapter": c.sentence("chapter"),
+            "held_out": c.sentence("held_out"),
             "verdict": c.verdict(),
         }
         for c in checks
     ]
-
-
-def _sentence(c: Check, part: str) -> str:
-    _, unit, fmt = SCORES[c.claim.metric]
-    return stats.compare(c.claim.side(c.claim.a), c.claim.side(c.claim.b), getattr(c, part), unit=unit, fmt=fmt)
 
 
 COLUMNS = {
@@ -344,11 +347,10 @@ def verify(
             status = "not borne out, as the shipped check found: the book does not claim it"
         else:
             status, failed = "DOES NOT HOLD", failed + 1
-        _, unit, fmt = SCORES[claim.metric]
         lines.append(
             f"  {claim.label} ({claim.score}): chapter says {claim.words(outcome_said)}, held out "
             f"{claim.words(found)}: {status}\n"
-            f"      held out: {stats.compare(claim.side(claim.a), claim.side(claim.b), result, unit=unit, fmt=fmt)}"
+            f"      held out: {claim.describe(result)}"
         )
     return lines, failed
 

@@ -1057,13 +1057,7 @@ def claim_text(check) -> str:
     >>> print(claim_text(claims.check([claim], t, h)[0]).split("pairs: ")[1])
     GIAS wins on this chapter's runs, but held out no clear winner, so the book does not claim it
     """
-    from .claims import SCORES
-    from .stats import compare
-
-    claim = check.claim
-    _, unit, fmt = SCORES[claim.metric]
-    said = compare(claim.side(claim.a), claim.side(claim.b), check.chapter, unit=unit, fmt=fmt)
-    found = claim.words(check.found)
+    said, found = check.sentence("chapter"), check.claim.words(check.found)
     if not check.borne_out:
         return f"{said} on this chapter's runs, but held out {found}, so the book does not claim it"
     return f"{said}; held out, {found}" + (" too" if check.found == check.said else "")
