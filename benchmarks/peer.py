@@ -154,6 +154,13 @@ RECIPES: dict[str, Recipe] = {
     "tv": Recipe((Phase(150, tv=1e-1, **IG),), (1, 4)),
     # DLG with known labels for about as many evaluations as fit in 500 s at batch 1 (the 30 dB target)
     "lbfgs130": Recipe((Phase(130, optimizer="lbfgs", lr=1.0, box=False),), (1,)),
+    # issue 22's candidates for floor + 6 dB at batch 4 within breaching's time (about 1000 evaluations):
+    # L-BFGS on L2 for up to 1000 evaluations; the same with every layer's relative error weighted alike;
+    # a TV schedule (smooth first, then sharpen); four short restarts, the best continued with less TV
+    "lbfgs50": Recipe((Phase(50, optimizer="lbfgs", lr=1.0, box=False),), (1, 4)),
+    "lbfgsnorm": Recipe((Phase(50, optimizer="lbfgs", lr=1.0, box=False, layers="normalised"),), (1, 4)),
+    "tvsched": Recipe((Phase(800, tv=1e-1, tv_end=1e-3, **IG),), (1, 4)),
+    "restarts": Recipe((Phase(40, tv=1e-1, restarts=4, **IG), Phase(600, tv=1e-2, **IG)), (1, 4)),
 }
 DEFAULT_RECIPES = "fast,ig,ig300,ig30,lbfgs,tv,lbfgs130"
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -548,8 +549,6 @@ def noise_multiplier_for(
     Raises:
         ValueError: ``target_epsilon`` not positive, or any input :func:`epsilon` rejects.
     """
-    from opacus.accountants.utils import get_noise_multiplier
-
     if isinstance(target_epsilon, bool) or not (isinstance(target_epsilon, (int, float)) and target_epsilon > 0):
         raise ValueError(f"target epsilon must be positive, got {target_epsilon!r}")
     _check_sample_rate(sample_rate)
@@ -557,23 +556,32 @@ def noise_multiplier_for(
     _check_steps(steps)
     _check_adjacency(adjacency, sample_rate)
     _accountant(accountant)
-    with _quiet_accountant():
-        try:
-            z = float(
-                get_noise_multiplier(
-                    target_epsilon=target_epsilon,
-                    target_delta=delta,
-                    sample_rate=sample_rate,
-                    steps=steps,
-                    accountant=accountant,
-                )
-            )
-        except ValueError as error:  # Opacus: "The privacy budget is too low."
-            raise ValueError(
-                f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon!r} with delta {delta!r}, "
-                f"q = {sample_rate!r} over {steps} steps: ask for a larger epsilon or delta"
-            ) from error
+    try:
+        z = _searched_noise_multiplier(float(target_epsilon), float(sample_rate), int(steps), float(delta), accountant)
+    except ValueError as error:  # Opacus: "The privacy budget is too low."
+        raise ValueError(
+            f"no noise multiplier up to 1e6 reaches epsilon {target_epsilon!r} with delta {delta!r}, "
+            f"q = {sample_rate!r} over {steps} steps: ask for a larger epsilon or delta"
+        ) from error
     return 2 * z if adjacency == "replace_one" else z
+
+
+@functools.lru_cache(maxsize=256)
+def _searched_noise_multiplier(target_epsilon: float, sample_rate: float, steps: int, delta: float, accountant: str):
+    """Opacus's search, once per setting in a process: it is deterministic, and costs 1-5 s at q above 0.1
+    (the RDP orders below 2 are fractional, and each of those sums a slowly converging series)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    with _quiet_accountant():
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
+        )
 
 
 @dataclass(frozen=True)

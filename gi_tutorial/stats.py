@@ -32,13 +32,19 @@ class MeanSD:
         '12.3 ± 1.3 dB (n = 5)'
         >>> MeanSD(0.5, float("nan"), 1).format("{:.0%}")
         '50% (n = 1)'
+
+        A sign in ``fmt`` (a gap) applies to the mean only: a spread has none.
+
+        >>> MeanSD(0.24, 0.19, 5).format("{:+.0%}")
+        '+24% ± 19% (n = 5)'
         """
         if self.n == 0:
             return "no runs"
+        spread = fmt.replace("{:+", "{:")
         body = (
             fmt.format(self.mean) + unit
             if math.isnan(self.sd)
-            else f"{fmt.format(self.mean)} ± {fmt.format(self.sd)}{unit}"
+            else f"{fmt.format(self.mean)} ± {spread.format(self.sd)}{unit}"
         )
         return f"{body} (n = {self.n})" if with_n else body
 
