@@ -221,19 +221,34 @@ def test_adaptive_model_masks_the_candidate_gradient(victim, batch, update):
     assert d.abs().sum() > 0
 
 
-def test_adaptive_attacker_runs_in_the_loop(victim, batch, update):
-    x, y = batch
-    pruned = defenses.prune(update, 0.9)
-    result = invert.reconstruct(
-        pruned,
-        attacks.adaptive_model(victim, pruned),
-        spaces.PixelSpace(tuple(x.shape)),
-        distance="cosine",
-        num_iters=2,
-        progress=False,
-    )
-    assert result.images.shape == x.shape
-    assert isinstance(attacks.adaptive_model(victim, update), type(victim))  # no pruning: the model itself
+def test_the_adaptive_attacker_beats_the_plain_one_on_a_pruned_update():
+    """90% pruning: the plain attack compares its full gradient with one that is 90% zeros; the
+    adaptive one prunes its own gradient with the same masks. Measured (victim A, Fashion-MNIST
+    test images 0, 5, 10, 15, seeds 0-3, 100 steps): plain 24.7-31.7 dB, adaptive 42.7-56.8 dB,
+    ahead by 13-25 dB in 4 of 4. The case here is the closest of them (seed 1, image 5: 24.7 against
+    42.7 dB). At 99% neither leaks (9-15 dB), so that is not asserted."""
+    from gi_tutorial import data, metrics
+
+    seed, image = 1, 5
+    images, labels = data.fashion_mnist("test", 20)
+    x, y = images[image : image + 1], labels[image : image + 1]
+    victim = models.build_model("convnet_fc", in_channels=1, seed=seed)
+    pruned = defenses.prune(fl.client_update(victim, x, y, share_labels=True), 0.9)
+    psnr = {}
+    for name, model in (("plain", victim), ("adaptive", attacks.adaptive_model(victim, pruned))):
+        result = invert.reconstruct(
+            pruned,
+            model,
+            spaces.PixelSpace(tuple(x.shape)),
+            distance="cosine",
+            optimizer=invert.Adam(0.1, signed=True, decay=True),
+            num_iters=100,
+            seed=0,
+            progress=False,
+        )
+        psnr[name] = metrics.psnr(result.images, x).item()
+    assert psnr["adaptive"] > 35.0 and psnr["adaptive"] > psnr["plain"] + 10.0, psnr
+    assert isinstance(attacks.adaptive_model(victim, fl.client_update(victim, x, y)), type(victim))  # unpruned: as is
 
 
 @pytest.mark.parametrize(
