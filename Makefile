@@ -33,11 +33,11 @@ book: $(STAMP) data
 	GI_TUTORIAL_PROGRESS=0 $(BIN)/python tools/execute_book.py
 	GI_TUTORIAL_PROGRESS=0 $(BIN)/jupyter-book build . -W --keep-going
 
-# Two pytest workers (pytest-xdist), each file on one worker, so that a notebook's cells stay in one
-# kernel, in order; the whole-book build (tests/test_book.py) runs beside the rest.
+# Two pytest workers (pytest-xdist), each file on one worker; the book runs in the background beside them
+# (tests/conftest.py), and the files that read it come last, in the collection's order (no reordering by size).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # ruff (configured in pyproject.toml): lint, and the formatter's check (`ruff format .` fixes the latter); run by CI before the tests
 lint: $(STAMP)

@@ -53,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0, math.inf])
-    parser.add_argument("--clients-per-round", type=float, nargs="+", default=[10, 100, 1000])
+    parser.add_argument(
+        "--clients-per-round",
+        type=float,
+        nargs="+",
+        default=None,
+        help="DP-FedAvg's expected clients per round (default 10 100 1000; quick mode: 1, half and all of its 6)",
+    )
     parser.add_argument("--fed-epsilon", type=float, default=3.0)
     parser.add_argument("--fed-lr", type=float, default=None, help="server learning rate (default: the preset's)")
     parser.add_argument("--delta", type=float, default=1e-5)
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fed_lr is not None:
         fed = replace(fed, server_lr=args.fed_lr)
     num_clients = len(train[0]) // fed.shard_size
-    per_round = [1, num_clients // 2, num_clients] if quick else args.clients_per_round  # quick: 6 clients in all
+    per_round = args.clients_per_round or ([1, num_clients // 2, num_clients] if quick else [10, 100, 1000])
     start, cpu_start = time.perf_counter(), time.process_time()
     runs: list[dict] = []
 

@@ -3,6 +3,9 @@
     python benchmarks/run.py                 # everything (several minutes)
     python benchmarks/run.py --steps         # only the per-step figures
     python benchmarks/run.py --chapters      # only the chapter runtimes (full and quick mode)
+    python benchmarks/run.py --chapters --only ch04 --markdown          # one chapter, as a Markdown table
+    python benchmarks/run.py --chapters --from-book _build/execution_times.json --readme
+                                             # the README's table, from the times of the last `make book`
     python benchmarks/run.py --generator     # only GI-z and GIAS stage-2 step costs against GI-x
     python benchmarks/run.py --generator --victims convnet_fc --batches 4 --iters 2 --rounds 1   # a smoke test
 
@@ -190,7 +193,71 @@ def chapter_seconds(notebook: Path, quick: bool) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+BEGIN, END = "<!-- chapter-times: begin -->", "<!-- chapter-times: end -->"
+
+
+def chapter_title(notebook: Path) -> str:
+    """A chapter's heading (its first Markdown line that starts with "# "), or its file name."""
+    import json
+
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] == "markdown":
+            for line in "".join(cell["source"]).splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return notebook.stem
+
+
+def times_table(columns: dict[str, dict[str, float | None]], total_label: str, totals: dict[str, float]) -> str:
+    """A Markdown table: one row per chapter (in the book's order), one column per setting, then the totals.
+
+    >>> print(times_table({"full": {"ch00_x.ipynb": 11.2, "ch01_y.ipynb": None}}, "all", {"full": 20.0}))
+    | chapter | full |
+    |---|---|
+    | ch00_x | 11 s |
+    | ch01_y | not run |
+    | **all** | **20 s** |
+    """
+    names = list(next(iter(columns.values())))
+    lines = ["| chapter | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name in names:
+        path = ROOT / "book" / name
+        title = chapter_title(path) if path.exists() else Path(name).stem
+        cells = [f"{c[name]:.0f} s" if c.get(name) is not None else "not run" for c in columns.values()]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    lines.append(f"| **{total_label}** | " + " | ".join(f"**{totals[c]:.0f} s**" for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def from_book(path: Path) -> tuple[str, str]:
+    """The table of a `make book` run's chapter times (``tools/execute_book.py``'s execution_times.json) and its origin."""
+    import json
+
+    run = json.loads(path.read_text())
+    label = "quick mode" if run["quick"] else "full settings"
+    column = f"{label} (`make book`, {run['workers']} at a time)"
+    table = times_table(
+        {column: run["chapters"]}, f"all chapters, {run['workers']} at a time", {column: run["seconds"]}
+    )
+    origin = (
+        f"`tools/execute_book.py` in `make book` on commit {run['commit']} ({run['date']}), {run['cores']} CPU cores, "
+        f"{run['workers']} chapters at a time, one torch thread each"
+    )
+    return table, origin
+
+
+def write_readme(readme: Path, table: str, command: str, origin: str) -> None:
+    """Replace what lies between the README's chapter-times markers with ``table``, saying where it came from."""
+    text = readme.read_text()
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SystemExit(f"{readme} needs one {BEGIN!r} line and, after it, one {END!r} line")
+    head, rest = text.split(BEGIN)
+    _, tail = rest.split(END)
+    block = f"{BEGIN}\nWritten by `{command}` from {origin}:\n\n{table}\n{END}"
+    readme.write_text(head + block + tail)
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", action="store_true", help="only the per-step figures")
     parser.add_argument("--chapters", action="store_true", help="only the chapter runtimes")
@@ -199,7 +266,21 @@ def main() -> None:
     parser.add_argument("--batches", default="1,4,8", help="batch sizes of --generator")
     parser.add_argument("--iters", type=int, default=20, help="steps per timed run of --generator (2N minus N)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --generator (the median)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="--chapters: only the chapters whose name has one of these"
+    )
+    parser.add_argument(
+        "--from-book",
+        type=Path,
+        default=None,
+        help="--chapters: read the times of a `make book` run (_build/execution_times.json) instead of executing",
+    )
+    parser.add_argument("--markdown", action="store_true", help="--chapters: print the times as a Markdown table")
+    parser.add_argument(
+        "--readme", action="store_true", help="--chapters: write that table into README.md between its markers"
+    )
+    args = parser.parse_args(argv)
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     both = not (args.steps or args.chapters or args.generator)
     config.set_threads()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores")
@@ -233,16 +314,35 @@ def main() -> None:
                     f"({f['shared_flops']:.2f}) | Adam {f['adam']:5.1f} ms {f['adam_ratio']:.2f}x",
                     flush=True,
                 )
-    if args.chapters or both:
-        print("\nseconds per chapter (fresh kernel, top to bottom):")
+    if (args.chapters or both) and args.from_book is not None:
+        table, origin = from_book(args.from_book)
+        print(f"\nchapter times of {origin}:\n{table}")
+        if args.readme:
+            write_readme(ROOT / "README.md", table, command, origin)
+            print("(written into README.md)")
+    elif args.chapters or both:
+        print("\nseconds per chapter (fresh kernel, top to bottom, one after another):")
         total = {"full": 0.0, "quick": 0.0}
+        times: dict[str, dict[str, float]] = {"full settings": {}, "quick mode": {}}
         for nb in sorted((ROOT / "book").glob("*.ipynb")):
+            if args.only and not any(o in nb.name for o in args.only):
+                continue
             quick = chapter_seconds(nb, quick=True)
             full = chapter_seconds(nb, quick=False)
             total["full"] += full
             total["quick"] += quick
-            print(f"  {nb.stem:32s} full {full:7.1f} s   quick {quick:6.1f} s")
+            times["full settings"][nb.name], times["quick mode"][nb.name] = full, quick
+            print(f"  {nb.stem:32s} full {full:7.1f} s   quick {quick:6.1f} s", flush=True)
         print(f"  {'all chapters':32s} full {total['full']:7.1f} s   quick {total['quick']:6.1f} s")
+        if args.markdown or args.readme:
+            table = times_table(times, "these chapters, one after another", dict(zip(times, total.values())))
+            print(table)
+            if args.readme:
+                origin = (
+                    f"a fresh kernel per chapter, one after another, on {os.cpu_count()} CPU cores (one torch thread)"
+                )
+                write_readme(ROOT / "README.md", table, command, origin)
+                print("(written into README.md)")
 
 
 if __name__ == "__main__":

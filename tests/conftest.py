@@ -196,6 +196,16 @@ def _book_folder(tmp_path_factory) -> Path:
     return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "book-run"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """The files with a test that reads the book run go last, so that the unit tests run while the book executes.
+
+    pytest-xdist (``--dist loadfile``) hands the files to its workers in this order: a worker
+    that took a book file early would wait idle for the background run instead.
+    """
+    reads_book = {item.path for item in items if BOOK_FIXTURES & set(getattr(item, "fixturenames", ()))}
+    items.sort(key=lambda item: item.path in reads_book)  # stable: the order within each group is kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _book_run(request, tmp_path_factory):
     """Starts the background run at the session's first test, if any collected test needs the book."""

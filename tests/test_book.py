@@ -159,12 +159,13 @@ def test_book_builds_without_warnings(built_book):
     browser_check.find_chromium() is None, reason="Chromium is not installed (apt-get install chromium)"
 )
 def test_built_book_renders_in_a_browser(built_book):
-    """Headless Chromium, no network: math typeset, images loaded, widgets rendered, no JS error, on every page."""
+    """Headless Chromium, no network: math typeset, images loaded, widgets rendered, no JS error, on every page.
+
+    The screenshots (a second Chromium run per page, about 25 s in all) are `make browser-check`'s, for a reader.
+    """
     assert built_book["returncode"] == 0, "the book did not build"
     html = Path(built_book["html"])
-    shots = html.parent / "screenshots"
-    assert browser_check.main([str(html), "--screenshots", str(shots)]) == 0
-    assert {p.stem for p in shots.glob("*.png")} >= {nb.stem for nb in NOTEBOOKS}
+    assert browser_check.main([str(html), "--no-screenshots"]) == 0
 
 
 @pytest.mark.book

@@ -188,9 +188,15 @@ def benchmark():
 
 @pytest.fixture(scope="module")
 def quick_run(benchmark, tmp_path_factory):
-    """The benchmark's every path in quick mode, once for the tests below (seed 0)."""
+    """The benchmark's every path in quick mode, once for the tests below (seed 0).
+
+    One private epsilon (3, as the live run, whose noise search it then shares) and no privacy;
+    DP-FedAvg with one client and all 6 per round: each experiment, private and not, sampled
+    and not (the other settings only repeat these paths, at 2-4 s of Opacus's search each).
+    """
     out = tmp_path_factory.mktemp("dp_utility") / "dp_utility.json"
-    assert benchmark.main(["--seeds", "0", "--out", str(out)]) == 0
+    argv = ["--seeds", "0", "--epsilons", "3", "inf", "--clients-per-round", "1", "6", "--out", str(out)]
+    assert benchmark.main(argv) == 0
     return out
 
 
@@ -199,13 +205,16 @@ def test_the_benchmark_runs_every_path_in_quick_mode_and_ships_provenance(quick_
     results, provenance = pt.load_shipped(out)
     assert provenance["quick"] is True and provenance["seeds"] == [0] and "dp_utility.py" in provenance["command"]
     experiments = {(r["experiment"], r["target_epsilon"], r.get("clients_per_round")) for r in results["runs"]}
-    assert len(experiments) == len(results["runs"]) == 4 + 1 + 3 * 2  # every epsilon, the live run, 3 m x (DP, none)
+    assert len(experiments) == len(results["runs"]) == 2 + 1 + 2 * 2  # both epsilons, the live run, 2 m x (DP, none)
     rows = pt.summarize(results)
-    assert [row["label"] for row in rows][:4] == [
-        "DP-SGD, ε = 1",
+    assert [row["label"] for row in rows] == [
         "DP-SGD, ε = 3",
-        "DP-SGD, ε = 8",
         "no privacy (same network)",
+        "DP-SGD (live settings), ε = 3",
+        "DP-FedAvg, 1 clients per round, ε = 3",
+        "FedSGD, 1 clients per round, no privacy",
+        "DP-FedAvg, 6 clients per round, ε = 3",
+        "FedSGD, 6 clients per round, no privacy",
     ]
 
 

@@ -207,6 +207,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("html_dir", nargs="?", default=str(ROOT / "_build" / "html"))
     parser.add_argument("--screenshots", default=None, help="folder for one PNG per page (default: next to html/)")
+    parser.add_argument(
+        "--no-screenshots", action="store_true", help="check the pages only (a second Chromium run per page saved)"
+    )
     parser.add_argument("--pages", default="book/*.html", help="pages to check, relative to HTML_DIR")
     parser.add_argument("--budget-ms", type=int, default=20000, help="virtual time for a page's scripts")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before a Chromium run is killed")
@@ -221,7 +224,8 @@ def main(argv: list[str]) -> int:
     if not pages:
         print(f"browser check: no pages match {args.pages} under {html_dir}", file=sys.stderr)
         return 2
-    shots.mkdir(parents=True, exist_ok=True)
+    if not args.no_screenshots:
+        shots.mkdir(parents=True, exist_ok=True)
     server, base = serve(html_dir)
     failed = 0
     try:
@@ -230,11 +234,12 @@ def main(argv: list[str]) -> int:
             problems = problems_of(result)
             shot = shots / (page.stem + ".png")
             url = f"{base}/{page.relative_to(html_dir).as_posix()}"
-            _chromium(
-                chromium,
-                [f"--virtual-time-budget={args.budget_ms}", f"--screenshot={shot}", "--window-size=1280,1600", url],
-                args.timeout,
-            )
+            if not args.no_screenshots:
+                _chromium(
+                    chromium,
+                    [f"--virtual-time-budget={args.budget_ms}", f"--screenshot={shot}", "--window-size=1280,1600", url],
+                    args.timeout,
+                )
             name = page.relative_to(html_dir).as_posix()
             if problems:
                 failed += 1

@@ -19,6 +19,9 @@ folders), as on a clean clone without root; ``--build`` then runs ``jupyter-book
 --keep-going`` from the cache; ``--summary DIR`` writes ``executed.json`` (each chapter: ok,
 seconds, traceback) once the chapters have run and ``built.json`` (return code, log, which
 chapters the build took from the cache) once the build is done, for the tests to read.
+Every run also writes ``<build dir>/execution_times.json`` (each chapter's seconds, the number
+of workers, the commit), from which ``benchmarks/run.py --chapters --from-book`` writes the
+README's table of chapter times.
 """
 
 from __future__ import annotations
@@ -73,6 +76,32 @@ def fresh_machine_env(folder: Path) -> dict[str, str]:
     debian.mkdir(parents=True, exist_ok=True)
     data.mkdir(parents=True, exist_ok=True)
     return {"GI_TUTORIAL_DEBIAN_DIR": str(debian), "GI_TUTORIAL_DATA": str(data)}
+
+
+TIMES = "execution_times.json"  # in the build folder: what `benchmarks/run.py --chapters --from-book` reads
+
+
+def write_times(path: Path, outcome: dict[str, dict], args: argparse.Namespace, seconds: float) -> None:
+    """Each chapter's execution time in this run (None where it failed or came from the cache), with the setting."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    _write_json(
+        path,
+        {
+            "chapters": {name: o["seconds"] if o["executed_now"] and o["ok"] else None for name, o in outcome.items()},
+            "seconds": seconds,
+            "workers": args.workers,
+            "cores": os.cpu_count(),
+            "quick": args.quick,
+            "fresh_machine": args.fresh_machine,
+            "commit": commit or "unknown",
+            "date": time.strftime("%Y-%m-%d"),
+        },
+    )
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -234,7 +263,9 @@ def main(argv: list[str]) -> int:
     if args.fresh_machine:
         os.environ.update(fresh_machine_env(build_dir.parent / "fresh-machine"))
     summary = Path(args.summary) if args.summary else None
+    started = time.perf_counter()
     outcome = execute(build_dir, timeout, args.workers, args.only)
+    write_times(build_dir / TIMES, outcome, args, time.perf_counter() - started)
     if summary is not None:
         _write_json(
             summary / "executed.json",
