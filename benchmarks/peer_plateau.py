@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from gi_tutorial import data, fl, invert, priors, spaces
+from gi_tutorial import data, fl, invert, objectives, priors, spaces
 
 
 def load_peer():
@@ -37,11 +37,9 @@ def load_peer():
 
 
 def gradient_distance(model, images, labels, shared) -> float:
-    """1 - cosine similarity of the whole gradient of ``images`` and the shared gradient."""
+    """The cosine distance (``objectives.gradient_distance``, unweighted) of ``images``' gradient to the shared one."""
     candidate = fl.client_update(model, images, labels).gradients
-    dot = sum((a * b).sum() for a, b in zip(candidate, shared))
-    norms = sum(a.pow(2).sum() for a in candidate).sqrt() * sum(b.pow(2).sum() for b in shared).sqrt()
-    return float(1 - dot / norms)
+    return float(objectives.gradient_distance(candidate, shared, kind="cosine"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from gi_tutorial import attacks, config, fl, generators, invert, models, objectives, priors, spaces, threats
+from gi_tutorial import attacks, config, fl, generators, invert, models, objectives, priors, spaces, storage, threats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         "--readme", action="store_true", help="--chapters: write that table into README.md between its markers"
     )
     args = parser.parse_args(argv)
-    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = storage.command(__file__, argv)
     both = not (args.steps or args.chapters or args.generator)
     config.set_threads()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU cores")

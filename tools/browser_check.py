@@ -249,7 +249,8 @@ def main(argv: list[str]) -> int:
                     f"ok   {name}: {result['math_elements']} math typeset "
                     f"(MathJax {result.get('mathjax_version', '-')}), "
                     f"{len(result['images'])} images loaded, {result['widgets_rendered']} widget areas "
-                    f"for {result['widget_views']} saved views, no JS errors; screenshot {shot}"
+                    f"for {result['widget_views']} saved views, no JS errors"
+                    + ("" if args.no_screenshots else f"; screenshot {shot}")
                 )
     finally:
         server.shutdown()
