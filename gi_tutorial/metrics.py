@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from scipy.optimize import linear_sum_assignment
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+# torchmetrics (about 3 s to import, most of it torchvision, which it imports) and scipy.optimize are
+# imported by the functions that use them, so that a chapter or a process that scores nothing does
+# not pay for them.
 from .storage import sha256_of, socket_timeout
 
 PSNR_CAP = 40.0
@@ -67,6 +68,8 @@ def psnr(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: inputs that are not two (B, C, H, W) batches of one shape.
     """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     r, t = _cpu_pair(reconstruction, truth)
     return peak_signal_noise_ratio(r, t, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
@@ -77,6 +80,8 @@ def ssim(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     Raises:
         ValueError: inputs that are not two (B, C, H, W) batches of one shape.
     """
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     r, t = _cpu_pair(reconstruction, truth)
     return structural_similarity_index_measure(r, t, data_range=1.0, reduction="none")
 
@@ -93,6 +98,8 @@ def match_batch(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     Raises:
         ValueError: inputs that are not two (B, C, H, W) batches of one shape.
     """
+    from scipy.optimize import linear_sum_assignment
+
     r, t = _cpu_pair(reconstruction, truth)
     cost = torch.cdist(t.flatten(1).double(), r.flatten(1).double()).pow(2).numpy()  # (truth, reconstruction)
     _, columns = linear_sum_assignment(cost)

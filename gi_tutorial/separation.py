@@ -36,7 +36,6 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
-from sklearn.decomposition import FastICA
 
 from .analytic import linear_gradients
 from .fl import SharedUpdate
@@ -103,6 +102,8 @@ def unmix_fc_gradient(
         raise ValueError(f"bias_grad must have shape ({rows},), got {tuple(bias_grad.shape)}")
 
     mixtures = weight_grad.detach().cpu().double().numpy()  # (rows, D): dW = Delta X
+    from sklearn.decomposition import FastICA  # here: scikit-learn takes about 0.5 s to import
+
     # fun="exp" is FastICA's contrast for strongly heavy-tailed sources, as image differences are
     ica = FastICA(
         n_components=batch_size, fun="exp", whiten="unit-variance", random_state=seed, max_iter=max_iter, tol=1e-6
