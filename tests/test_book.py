@@ -161,7 +161,7 @@ def test_book_builds_without_warnings(built_book):
 def test_built_book_renders_in_a_browser(built_book):
     """Headless Chromium, no network: math typeset, images loaded, widgets rendered, no JS error, on every page.
 
-    The screenshots (a second Chromium run per page, about 25 s in all) are `make browser-check`'s, for a reader.
+    The screenshots are `make browser-check`'s, for a reader.
     """
     assert built_book["returncode"] == 0, "the book did not build"
     html = Path(built_book["html"])
