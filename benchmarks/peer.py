@@ -307,7 +307,6 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
     restarts, the curve is what an attacker who interleaves the trials would hold: at each
     snapshot, the trial with the lowest gradient distance so far, at the summed time of all trials.
     """
-    import torch
 
     from gi_tutorial import invert, priors, spaces
 
@@ -324,11 +323,7 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
         class TimedPixelSpace(spaces.PixelSpace):
             def init(self, rng):
                 trial_stamps.append([])
-                variables = super().init(rng)
-                if warm is not None:
-                    with torch.no_grad():
-                        self.x.copy_(warm)
-                return variables
+                return super().init(rng)
 
             def images(self):
                 evals[0] += 1
@@ -345,7 +340,9 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
             optimizer = invert.LBFGS(phase.lr, max_iter=phase.max_iter)
         else:
             optimizer = invert.Adam(phase.lr, signed=phase.signed, decay=phase.decay)
-        space = TimedPixelSpace(tuple(truth.shape), box=(0.0, 1.0) if phase.box else None)
+        space = TimedPixelSpace(
+            tuple(truth.shape), init="rand" if warm is None else warm, box=(0.0, 1.0) if phase.box else None
+        )
         phase_start = clock.now()
         rec = invert.reconstruct(
             update,

@@ -73,20 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         ("truth + noise 0.05", (truth + 0.05 * noise).clamp(0, 1)),
         ("truth + noise 0.15", (truth + 0.15 * noise).clamp(0, 1)),
     ):
-
-        class Started(spaces.PixelSpace):
-            def init(self, rng, start=start):
-                variables = super().init(rng)
-                if start is not None:
-                    with torch.no_grad():
-                        self.x.copy_(start)
-                return variables
-
         t = time.process_time()
         rec = invert.reconstruct(
             update,
             model,
-            Started(tuple(truth.shape)),
+            spaces.PixelSpace(tuple(truth.shape), init="rand" if start is None else start),
             optimizer=invert.Adam(0.1, signed=True, decay=True),
             num_iters=args.steps,
             distance="cosine",

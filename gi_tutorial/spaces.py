@@ -52,7 +52,9 @@ class PixelSpace:
 
     Args:
         shape: ``(B, C, H, W)`` of the batch to reconstruct.
-        init: ``"randn"`` (standard normal, then projected, as DLG) or ``"rand"`` (uniform in the box).
+        init: ``"randn"`` (standard normal, then projected, as DLG), ``"rand"`` (uniform in the box),
+            or a ``(B, C, H, W)`` tensor to start from (a guess, the mean image, a warm start),
+            copied and projected into the box; every restart then starts from it.
         box: the valid pixel range, or None for no constraint (DLG's original L-BFGS run).
         device: where the variables live; None (default) puts them on the attacked model's
             device when :func:`~gi_tutorial.invert.reconstruct` runs (the CPU otherwise).
@@ -61,14 +63,21 @@ class PixelSpace:
     def __init__(
         self,
         shape: tuple[int, int, int, int],
-        init: Literal["randn", "rand"] = "rand",
+        init: Literal["randn", "rand"] | torch.Tensor = "rand",
         box: tuple[float, float] | None = (0.0, 1.0),
         device: torch.device | str | None = None,
     ):
         if len(shape) != 4:
             raise ValueError(f"shape must be (B, C, H, W), got {tuple(shape)}")
-        if init not in ("randn", "rand"):
-            raise ValueError(f"init must be 'randn' or 'rand', got {init!r}")
+        self.start = None
+        if isinstance(init, torch.Tensor):
+            if tuple(init.shape) != tuple(shape):
+                raise ValueError(
+                    f"a starting batch must have the space's shape {tuple(shape)}, got {tuple(init.shape)}"
+                )
+            self.start, init = init.detach().float().clone(), "given"
+        elif init not in ("randn", "rand"):
+            raise ValueError(f"init must be 'randn', 'rand' or a tensor of shape {tuple(shape)}, got {init!r}")
         self.shape = tuple(shape)
         self.batch_size = shape[0]
         self.init_kind = init
@@ -79,7 +88,9 @@ class PixelSpace:
     requires = Knowledge.NONE
 
     def init(self, rng: torch.Generator) -> list[torch.Tensor]:
-        if self.init_kind == "randn":
+        if self.start is not None:
+            x = self.start.clone()
+        elif self.init_kind == "randn":
             x = torch.randn(self.shape, generator=rng)
         else:
             low, high = self.box or (0.0, 1.0)

@@ -153,6 +153,24 @@ def test_batch_without_labels_is_rejected(lenet, random_batch):
         invert.reconstruct(update, lenet, pixels(2), num_iters=1)
 
 
+def test_a_pixel_space_can_start_from_a_given_batch(lenet_update, cifar_image):
+    """A warm start: every restart begins at the given batch (projected into the box), and a start at the
+    truth has zero gradient distance; a start of another shape is refused."""
+    model, update = lenet_update
+    x, _ = cifar_image
+    rec = invert.reconstruct(
+        update, model, pixels(init=x), optimizer=invert.Adam(1e-4), num_iters=2, restarts=2, history_every=1
+    )
+    for trial in rec.trials:
+        assert torch.equal(trial.history[0].images, x)
+        assert trial.history[0].grad_loss < 1e-10
+    outside = pixels(init=x + 2.0)
+    outside.init(torch.Generator())
+    assert torch.equal(outside.images(), torch.ones_like(x))
+    with pytest.raises(ValueError, match=r"starting batch must have the space's shape \(1, 3, 32, 32\)"):
+        pixels(init=x[:, :1])
+
+
 def test_space_with_the_wrong_batch_size_is_rejected(lenet_update):
     model, update = lenet_update
     with pytest.raises(ValueError, match="reconstructs 2 images but the update comes from 1"):
