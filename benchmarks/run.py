@@ -246,14 +246,16 @@ def from_book(path: Path) -> tuple[str, str]:
     return table, origin
 
 
-def write_readme(readme: Path, table: str, command: str, origin: str) -> None:
-    """Replace what lies between the README's chapter-times markers with ``table``, saying where it came from."""
+def write_readme(readme: Path, table: str, command: str, origin: str, markers: tuple[str, str] = (BEGIN, END)) -> None:
+    """Replace what lies between two README markers (the chapter-times ones by default) with ``table``,
+    saying where it came from."""
+    begin, end = markers
     text = readme.read_text()
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise SystemExit(f"{readme} needs one {BEGIN!r} line and, after it, one {END!r} line")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    block = f"{BEGIN}\nWritten by `{command}` from {origin}:\n\n{table}\n{END}"
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise SystemExit(f"{readme} needs one {begin!r} line and, after it, one {end!r} line")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    block = f"{begin}\nWritten by `{command}` from {origin}:\n\n{table}\n{end}"
     readme.write_text(head + block + tail)
 
 

@@ -1,4 +1,4 @@
-"""The README's table of chapter times is written by `benchmarks/run.py --chapters`, never typed."""
+"""The README's tables of chapter times and of the peer benchmark are written by commands, never typed."""
 
 from __future__ import annotations
 
@@ -68,3 +68,71 @@ def test_the_readmes_table_is_the_generated_block():
     assert block.lstrip().startswith("Written by `python benchmarks/run.py --chapters")
     rows = [line for line in block.splitlines() if line.startswith("| ")]
     assert len(rows) >= 1 + len(list((ROOT / "book").glob("*.ipynb"))) + 1
+
+
+# --- the peer benchmark's table (benchmarks/peer_table.py, from benchmarks/peer.py --json) -------
+
+
+@pytest.fixture(scope="module")
+def peer_table():
+    spec = importlib.util.spec_from_file_location("bench_peer_table", ROOT / "benchmarks" / "peer_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _peer_run(tmp_path, name, rows, ratio=None, floors=None):
+    floors = floors or dict(grey=13.7, mean=12.1, start=8.0, floor=13.7)
+    record = dict(floors=floors, rows=rows, ratio=ratio, ratios=None if ratio is None else [ratio - 0.2, ratio, 1.1])
+    path = tmp_path / name
+    path.write_text(json.dumps(dict(argv=["--batches", "4", "--recipes", ""], first_image=8, batches={"4": record})))
+    return path
+
+
+def _row(label, final, seconds, held3=None, held6=None):
+    return dict(label=label, final=final, seconds=seconds, held_floor3=held3, held_floor6=held6, curve=[[0, 0, 9, 0]])
+
+
+def test_the_peer_table_reads_each_run_against_its_floor_and_merges_reruns(tmp_path, peer_table):
+    first = _peer_run(
+        tmp_path,
+        "a.json",
+        [
+            _row("breaching invertinggradients (defaults)", 15.7, 691.0),
+            _row("ours tv: 150 cosine + TV 0.1", 15.5, 99.0, held3=None),
+            _row("ours tvsched: 800 cosine", 17.0, 446.0, held3=120.0),
+            _row("ours fast: 150 l2", 16.9, 40.0, held3=80.0, held6=None),
+        ],
+        ratio=1.102,
+    )
+    rerun = _peer_run(tmp_path, "b.json", [_row("breaching invertinggradients (defaults)", 15.7, 691.0)], ratio=1.051)
+    cases = peer_table.load([first, rerun])
+    (row,) = [line for line in peer_table.table(cases).splitlines() if line.startswith("| 4,")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[0] == "4, images 8-11" and cells[1] == "13.70 dB (grey)"
+    assert cells[2] == "15.70 dB (+2.00), 691 s; floor + 3 held from never"
+    assert cells[3] == "17.00 dB (+3.30, `tvsched`, 446 s)"  # the best final, not the fastest
+    assert cells[4] == "80 s (`fast`)" and cells[5] == "never"  # the earliest recipe to hold floor + 3
+    assert cells[6] == "1.051x (rounds 0.85-1.10)"  # the re-run's ratio; the recipes kept from the first run
+    stored = peer_table.store([first], tmp_path / "kept")
+    assert "curve" not in stored[0].read_text() and peer_table.load(stored)[(4, 8)]["rows"].keys() == {
+        r["label"] for r in json.loads(first.read_text())["batches"]["4"]["rows"]
+    }
+
+
+def test_the_peer_table_refuses_a_file_that_is_not_a_run(tmp_path, peer_table):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(SystemExit, match="not a results file of benchmarks/peer.py --json"):
+        peer_table.load([bad])
+
+
+def test_the_readmes_peer_table_is_the_generated_block(peer_table):
+    """README.md's peer table is what peer_table.py writes from the stored runs (benchmarks/results/peer)."""
+    runs = sorted((ROOT / "benchmarks" / "results" / "peer").glob("*.json"))
+    assert runs, "benchmarks/results/peer holds the runs behind the README's peer table"
+    text = (ROOT / "README.md").read_text()
+    assert text.count(peer_table.BEGIN) == text.count(peer_table.END) == 1
+    block = text.split(peer_table.BEGIN)[1].split(peer_table.END)[0]
+    assert block.lstrip().startswith("Written by `python benchmarks/peer_table.py")
+    assert peer_table.table(peer_table.load(runs)) in block
