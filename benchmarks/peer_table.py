@@ -6,9 +6,9 @@ comes from the last run that has it, and the per-step ratio from the last run th
 the higher of a flat grey image and the mean of the other shipped images (peer.py's floors), and
 a time to a level counts from when the run stays at or above it to its final iterate.
 
-    python benchmarks/peer_table.py benchmarks/results/peer/*.json            # print the Markdown table
-    python benchmarks/peer_table.py benchmarks/results/peer/*.json --readme   # write it into README.md
-    python benchmarks/peer_table.py RUN.json ... --store benchmarks/results/peer  # keep runs, curves dropped
+    python benchmarks/peer_table.py benchmarks/peer_runs/*.json            # print the Markdown table
+    python benchmarks/peer_table.py benchmarks/peer_runs/*.json --readme   # write it into README.md
+    python benchmarks/peer_table.py RUN.json ... --store benchmarks/peer_runs  # keep runs, curves dropped
 
 The stored copies keep every figure the table reads (finals, seconds, the times to floor + 3 and
 floor + 6 dB, the floors, the ratios, peer.py's arguments) without the PSNR curves.

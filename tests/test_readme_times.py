@@ -128,9 +128,9 @@ def test_the_peer_table_refuses_a_file_that_is_not_a_run(tmp_path, peer_table):
 
 
 def test_the_readmes_peer_table_is_the_generated_block(peer_table):
-    """README.md's peer table is what peer_table.py writes from the stored runs (benchmarks/results/peer)."""
-    runs = sorted((ROOT / "benchmarks" / "results" / "peer").glob("*.json"))
-    assert runs, "benchmarks/results/peer holds the runs behind the README's peer table"
+    """README.md's peer table is what peer_table.py writes from the stored runs (benchmarks/peer_runs)."""
+    runs = sorted((ROOT / "benchmarks" / "peer_runs").glob("*.json"))
+    assert runs, "benchmarks/peer_runs holds the runs behind the README's peer table"
     text = (ROOT / "README.md").read_text()
     assert text.count(peer_table.BEGIN) == text.count(peer_table.END) == 1
     block = text.split(peer_table.BEGIN)[1].split(peer_table.END)[0]
