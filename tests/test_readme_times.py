@@ -12,13 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def run():
-    """benchmarks/run.py as a module (a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+def _script(name: str):
+    """benchmarks/<name>.py as a module (a script, not part of the package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def run():
+    return _script("run")
 
 
 def test_the_table_functions_hold_their_examples(run):
@@ -75,10 +79,7 @@ def test_the_readmes_table_is_the_generated_block():
 
 @pytest.fixture(scope="module")
 def peer_table():
-    spec = importlib.util.spec_from_file_location("bench_peer_table", ROOT / "benchmarks" / "peer_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return _script("peer_table")
 
 
 def _peer_run(tmp_path, name, rows, ratio=None, floors=None):
