@@ -69,13 +69,13 @@ class PixelSpace:
     ):
         if len(shape) != 4:
             raise ValueError(f"shape must be (B, C, H, W), got {tuple(shape)}")
-        self.start = None
+        self._start = None  # a given starting batch (private: subclasses may have their own "start")
         if isinstance(init, torch.Tensor):
             if tuple(init.shape) != tuple(shape):
                 raise ValueError(
                     f"a starting batch must have the space's shape {tuple(shape)}, got {tuple(init.shape)}"
                 )
-            self.start, init = init.detach().float().clone(), "given"
+            self._start, init = init.detach().float().clone(), "given"
         elif init not in ("randn", "rand"):
             raise ValueError(f"init must be 'randn', 'rand' or a tensor of shape {tuple(shape)}, got {init!r}")
         self.shape = tuple(shape)
@@ -88,8 +88,8 @@ class PixelSpace:
     requires = Knowledge.NONE
 
     def init(self, rng: torch.Generator) -> list[torch.Tensor]:
-        if self.start is not None:
-            x = self.start.clone()
+        if self._start is not None:
+            x = self._start.clone()
         elif self.init_kind == "randn":
             x = torch.randn(self.shape, generator=rng)
         else:
