@@ -77,11 +77,14 @@ def test_one_meta_step_moves_w_by_step_size_times_the_adapted_difference(private
 
 
 def test_a_few_meta_steps_lower_the_next_rounds_latent_distance(private, victim):
+    """Six meta-steps from an untrained generator, then GI-z on the next round's update: the latent
+    search ends closer (measured: 0.40 of the untrained generator's distance; with the rounds,
+    the generator and the meta-seed all at 1 or all at 2, 0.62 and 0.63; at 8 steps, 0.52)."""
     images, labels = private
-    rounds = list(fl.fl_rounds(images, labels, victim, 9, seed=0))
+    rounds = list(fl.fl_rounds(images, labels, victim, 7, seed=0))
     untrained = generators.untrained_generator(seed=0)
-    result = giml.meta_train(rounds[:8], untrained, 8, inner=TINY, progress=False)
-    held_out = rounds[8]
+    result = giml.meta_train(rounds[:6], untrained, 6, inner=TINY, progress=False)
+    held_out = rounds[6]
     distances = []
     for g in (untrained, result.generator):
         run = invert.reconstruct(
