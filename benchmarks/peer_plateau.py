@@ -17,23 +17,13 @@ optimiser stops in a local minimum.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
-from pathlib import Path
 
+import peer  # benchmarks/peer.py, beside this script: breaching's case and the PSNR
 import torch
 
 from gi_tutorial import data, fl, invert, objectives, priors, spaces
-
-
-def load_peer():
-    """benchmarks/peer.py as a module (its case and PSNR), without running it."""
-    spec = importlib.util.spec_from_file_location("peer", Path(__file__).resolve().parent / "peer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peer"] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def gradient_distance(model, images, labels, shared) -> float:
@@ -48,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    peer, batch, first = load_peer(), 4, args.first_image
+    batch, first = 4, args.first_image
     shipped, labels = data.cifar10_targets(data.NUM_SHIPPED, allow_download=False)
     case = peer.build_case(batch, "invertinggradients", 1, shipped[first:], labels[first:])
     model = peer.wrapped_model(case)

@@ -19,6 +19,7 @@ affects both alike. Timings are on one thread, as the book runs (config.set_thre
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -198,8 +199,6 @@ BEGIN, END = "<!-- chapter-times: begin -->", "<!-- chapter-times: end -->"
 
 def chapter_title(notebook: Path) -> str:
     """A chapter's heading (its first Markdown line that starts with "# "), or its file name."""
-    import json
-
     for cell in json.loads(notebook.read_text())["cells"]:
         if cell["cell_type"] == "markdown":
             for line in "".join(cell["source"]).splitlines():
@@ -231,8 +230,6 @@ def times_table(columns: dict[str, dict[str, float | None]], total_label: str, t
 
 def from_book(path: Path) -> tuple[str, str]:
     """The table of a `make book` run's chapter times (``tools/execute_book.py``'s execution_times.json) and its origin."""
-    import json
-
     run = json.loads(path.read_text())
     label = "quick mode" if run["quick"] else "full settings"
     column = f"{label} (`make book`, {run['workers']} at a time)"

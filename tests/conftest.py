@@ -38,6 +38,23 @@ BOOK_TIMEOUT_S = 1800  # the whole background run; quick mode takes a few minute
 
 
 @pytest.fixture(scope="session")
+def benchmark_script():
+    """A function ``name -> module``: ``benchmarks/<name>.py`` imported (the benchmarks are scripts, not part
+    of the package), once per session, registered under its own name as running it would."""
+    import importlib.util
+
+    def load(name: str):
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # a dataclass in the script looks its module up
+            spec.loader.exec_module(module)
+        return sys.modules[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def empty_root(tmp_path_factory):
     """A data root with nothing in it, so no torchvision-format copy can be found there."""
     return tmp_path_factory.mktemp("empty_data_root")

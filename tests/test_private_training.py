@@ -174,16 +174,9 @@ def test_bad_inputs_raise_value_error(easy, call, match):
 
 
 @pytest.fixture(scope="module")
-def benchmark():
-    """benchmarks/dp_utility.py as a module (a script, not part of the package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "dp_utility.py"
-    spec = importlib.util.spec_from_file_location("dp_utility", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def benchmark(benchmark_script):
+    """benchmarks/dp_utility.py as a module."""
+    return benchmark_script("dp_utility")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,17 +11,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script(name: str):
-    """benchmarks/<name>.py as a module (a script, not part of the package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def run():
-    return _script("run")
+def run(benchmark_script):
+    return benchmark_script("run")
 
 
 def test_the_table_functions_hold_their_examples(run):
@@ -78,8 +69,8 @@ def test_the_readmes_table_is_the_generated_block():
 
 
 @pytest.fixture(scope="module")
-def peer_table():
-    return _script("peer_table")
+def peer_table(benchmark_script):
+    return benchmark_script("peer_table")
 
 
 def _peer_run(tmp_path, name, rows, ratio=None, floors=None):

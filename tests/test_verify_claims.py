@@ -8,27 +8,16 @@ claims are not the script's (re-run the script with ``--out``).
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from gi_tutorial import claims, storage
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SHIPPED = ["ch1", "ch2", "ch3"]  # the checks whose runs the chapters print (claims.save / claims.load)
 
 
-def load_check(chapter: str):
-    spec = importlib.util.spec_from_file_location(f"verify_{chapter}", BENCHMARKS / f"verify_{chapter}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("chapter", SHIPPED)
-def test_every_claim_has_the_chapters_outcome(chapter):
-    check = load_check(chapter)
+def test_every_claim_has_the_chapters_outcome(chapter, benchmark_script):
+    check = benchmark_script(f"verify_{chapter}")
     assert {c.key for c in check.CLAIMS} == set(check.SAID)
     assert len({c.key for c in check.CLAIMS}) == len(check.CLAIMS), "two claims share a label and a score"
     for outcome, leaning in check.SAID.values():
@@ -37,8 +26,8 @@ def test_every_claim_has_the_chapters_outcome(chapter):
 
 
 @pytest.mark.parametrize("chapter", SHIPPED)
-def test_the_shipped_run_holds_the_scripts_claims(chapter):
-    check = load_check(chapter)
+def test_the_shipped_run_holds_the_scripts_claims(chapter, benchmark_script):
+    check = benchmark_script(f"verify_{chapter}")
     shipped, tallies, record = claims.load(storage.RESULTS / f"{chapter}_verify.json")  # hash-checked
     assert shipped == check.CLAIMS
     assert record["seeds"] == list(check.SEEDS)
