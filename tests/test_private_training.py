@@ -28,7 +28,7 @@ def easy():
 
 
 SGD = pt.SGDSettings(epochs=4, batch_size=60, lr=2.0, momentum=0.9, clip_norm=0.5)
-FED = pt.FedSettings(rounds=40, shard_size=5, server_lr=0.5, server_momentum=0.9, clip_norm=1.0)
+FED = pt.FedSettings(rounds=20, shard_size=5, server_lr=0.5, server_momentum=0.9, clip_norm=1.0)
 
 
 def test_the_cnn_takes_padded_images_and_ignores_the_padding():
@@ -64,10 +64,11 @@ def test_dp_sgd_learns_an_easy_task_and_spends_what_the_accountant_says(easy):
 
 def test_dp_sgd_is_reproducible_and_noise_costs_accuracy(easy):
     train, test = easy
-    a = pt.train_dp_sgd(train, test, target_epsilon=4.0, delta=1e-4, settings=SGD, seed=3)
-    b = pt.train_dp_sgd(train, test, target_epsilon=4.0, delta=1e-4, settings=SGD, seed=3)
+    short = pt.SGDSettings(epochs=2, batch_size=60, lr=2.0, momentum=0.9, clip_norm=0.5)  # 20 steps
+    a = pt.train_dp_sgd(train, test, target_epsilon=4.0, delta=1e-4, settings=short, seed=3)
+    b = pt.train_dp_sgd(train, test, target_epsilon=4.0, delta=1e-4, settings=short, seed=3)
     assert a.accuracy == b.accuracy and a.sampled == b.sampled
-    tiny = pt.train_dp_sgd(train, test, target_epsilon=0.3, delta=1e-4, settings=SGD, seed=3)
+    tiny = pt.train_dp_sgd(train, test, target_epsilon=0.3, delta=1e-4, settings=short, seed=3)
     assert tiny.noise_multiplier > 5 * a.noise_multiplier and tiny.accuracy < a.accuracy
 
 
@@ -185,7 +186,7 @@ def quick_run(benchmark, tmp_path_factory):
 
     One private epsilon (3, as the live run, whose noise search it then shares) and no privacy;
     DP-FedAvg with one client and all 6 per round: each experiment, private and not, sampled
-    and not (the other settings only repeat these paths, at 2-4 s of Opacus's search each).
+    and not (the other settings only repeat these paths, at 1-2 s of the noise search each).
     """
     out = tmp_path_factory.mktemp("dp_utility") / "dp_utility.json"
     argv = ["--seeds", "0", "--epsilons", "3", "inf", "--clients-per-round", "1", "6", "--out", str(out)]
