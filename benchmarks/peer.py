@@ -161,6 +161,16 @@ RECIPES: dict[str, Recipe] = {
     "lbfgsnorm": Recipe((Phase(50, optimizer="lbfgs", lr=1.0, box=False, layers="normalised"),), (1, 4)),
     "tvsched": Recipe((Phase(800, tv=1e-1, tv_end=1e-3, **IG),), (1, 4)),
     "restarts": Recipe((Phase(40, tv=1e-1, restarts=4, **IG), Phase(600, tv=1e-2, **IG)), (1, 4)),
+    # for 30 dB at batch 1: the TV schedule, then a phase without any prior, which TV's pull away from
+    # the truth (README, plateau probe) no longer limits: L-BFGS on the cosine distance, or signed Adam
+    # at a tenth of the step
+    "polish": Recipe(
+        (Phase(600, tv=1e-1, tv_end=1e-3, **IG), Phase(30, distance="cosine", optimizer="lbfgs", lr=1.0, box=False)),
+        (1,),
+    ),
+    "polishadam": Recipe(
+        (Phase(600, tv=1e-1, tv_end=1e-3, **IG), Phase(800, distance="cosine", signed=True, decay=True, lr=0.01)), (1,)
+    ),
 }
 DEFAULT_RECIPES = "fast,ig,ig300,ig30,lbfgs,tv,lbfgs130"
 

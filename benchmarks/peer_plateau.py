@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Why the batch-4 attacks on breaching's ResNet-18 case plateau near the floor (issue 22).
+"""Why the attacks on breaching's ResNet-18 case plateau (issue 22): at batch 4 near the floor, at batch 1 below 30 dB.
 
     /tmp/gi-peer/venv/bin/python benchmarks/peer_plateau.py 12    # CIFAR-10 test images 12-15, about 5 minutes
+    /tmp/gi-peer/venv/bin/python benchmarks/peer_plateau.py 17 --batch 1 --tv 0 --lr 0.01 --steps 300  # no prior
 
 Runs in the virtual environment that ``make peer-benchmark`` creates (breaching builds the case).
 The same recipe as ``peer.py``'s ``tv`` (150 steps, cosine distance, TV 0.1, signed Adam with
-step decay) starts three times: at random, and at the true images plus Gaussian noise of sd 0.05
+step decay; the options change the batch, the TV weight and the step) starts three times: at random, and at the true images plus Gaussian noise of sd 0.05
 and 0.15. For each it prints the PSNR where it starts and ends and the cosine distance between
 the gradient of its final images and the shared one, beside that distance at the true images
 (0), at the mean of the other shipped images and at flat grey. A run that starts near the truth
@@ -36,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("first_image", type=int, help="the batch's first CIFAR-10 test image (8 or 12 in the README)")
     parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=4, help="images in the batch (1: the batch-1 case of the README)")
+    parser.add_argument("--tv", type=float, default=0.1, help="TV weight (0: no prior, the gradient distance alone)")
+    parser.add_argument("--lr", type=float, default=0.1, help="signed Adam's step")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    batch, first = 4, args.first_image
+    batch, first = args.batch, args.first_image
     shipped, labels = data.cifar10_targets(data.NUM_SHIPPED, allow_download=False)
     case = peer.build_case(batch, "invertinggradients", 1, shipped[first:], labels[first:])
     model = peer.wrapped_model(case)
@@ -68,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             update,
             model,
             spaces.PixelSpace(tuple(truth.shape), init="rand" if start is None else start),
-            optimizer=invert.Adam(0.1, signed=True, decay=True),
+            optimizer=invert.Adam(args.lr, signed=True, decay=True),
             num_iters=args.steps,
             distance="cosine",
-            priors=[priors.TotalVariation(0.1)],
+            priors=[priors.TotalVariation(args.tv)] if args.tv else [],
             history_every=args.steps,
             progress=False,
         )
