@@ -108,10 +108,11 @@ class Phase:
     layers: str = "all"  # the distance's layer weights: "all", "normalised" (1 / ||g*_l||^2 each), "first:K", "last:K"
     restarts: int = 1  # random starts (first phase only), the lowest gradient distance kept
     max_iter: int = 20  # L-BFGS: evaluations per step at most
+    line_search: bool = False  # L-BFGS: torch's strong-Wolfe line search (every step lowers the loss)
 
     def __str__(self) -> str:
         if self.optimizer == "lbfgs":
-            opt = f"L-BFGS {self.lr:g}"
+            opt = f"L-BFGS {self.lr:g}{' + Wolfe' if self.line_search else ''}"
         else:
             opt = f"{'signed ' if self.signed else ''}Adam {self.lr:g}{', decay' if self.decay else ''}"
         tv = f" + TV {self.tv:g}" + (f"->{self.tv_end:g}" if self.tv_end is not None else "") if self.tv else ""
@@ -166,6 +167,15 @@ RECIPES: dict[str, Recipe] = {
     # at a tenth of the step
     "polish": Recipe(
         (Phase(600, tv=1e-1, tv_end=1e-3, **IG), Phase(30, distance="cosine", optimizer="lbfgs", lr=1.0, box=False)),
+        (1,),
+    ),
+    # the same with a strong-Wolfe line search: from the truth plus noise (26 dB, image 17) it climbs where
+    # signed Adam falls (peer_plateau.py --lbfgs)
+    "polishwolfe": Recipe(
+        (
+            Phase(600, tv=1e-1, tv_end=1e-3, **IG),
+            Phase(100, distance="cosine", optimizer="lbfgs", lr=1.0, box=False, line_search=True),
+        ),
         (1,),
     ),
     "polishadam": Recipe(
@@ -347,7 +357,7 @@ def run_ours(update, model, truth, recipe: Recipe, clock, points: int = 200):
                     tv.weight = phase.tv * (phase.tv_end / phase.tv) ** min(1.0, (len(stamps) - 1) / phase.iters)
 
         if phase.optimizer == "lbfgs":
-            optimizer = invert.LBFGS(phase.lr, max_iter=phase.max_iter)
+            optimizer = invert.LBFGS(phase.lr, max_iter=phase.max_iter, line_search=phase.line_search)
         else:
             optimizer = invert.Adam(phase.lr, signed=phase.signed, decay=phase.decay)
         space = TimedPixelSpace(

@@ -3,6 +3,7 @@
 
     /tmp/gi-peer/venv/bin/python benchmarks/peer_plateau.py 12    # CIFAR-10 test images 12-15, about 5 minutes
     /tmp/gi-peer/venv/bin/python benchmarks/peer_plateau.py 17 --batch 1 --tv 0 --lr 0.01 --steps 300  # no prior
+    /tmp/gi-peer/venv/bin/python benchmarks/peer_plateau.py 17 --batch 1 --tv 0 --lr 1 --steps 15 --lbfgs
 
 Runs in the virtual environment that ``make peer-benchmark`` creates (breaching builds the case).
 The same recipe as ``peer.py``'s ``tv`` (150 steps, cosine distance, TV 0.1, signed Adam with
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="images in the batch (1: the batch-1 case of the README)")
     parser.add_argument("--tv", type=float, default=0.1, help="TV weight (0: no prior, the gradient distance alone)")
     parser.add_argument("--lr", type=float, default=0.1, help="signed Adam's step")
+    parser.add_argument(
+        "--lbfgs", action="store_true", help="L-BFGS with a strong-Wolfe line search instead (no box; --lr is its step)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     batch, first = args.batch, args.first_image
@@ -71,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
         rec = invert.reconstruct(
             update,
             model,
-            spaces.PixelSpace(tuple(truth.shape), init="rand" if start is None else start),
-            optimizer=invert.Adam(args.lr, signed=True, decay=True),
+            spaces.PixelSpace(
+                tuple(truth.shape), init="rand" if start is None else start, box=None if args.lbfgs else (0.0, 1.0)
+            ),
+            optimizer=invert.LBFGS(args.lr, line_search=True)
+            if args.lbfgs
+            else invert.Adam(args.lr, signed=True, decay=True),
             num_iters=args.steps,
             distance="cosine",
             priors=[priors.TotalVariation(args.tv)] if args.tv else [],

@@ -130,9 +130,11 @@ class LBFGS:
     lr: float = 1.0
     max_iter: int = 20
     history_size: int = 100
+    line_search: bool = False  # True: torch's strong-Wolfe line search, so that every step lowers the loss
 
     def __str__(self) -> str:
-        return f"L-BFGS {self.lr:g} (up to {self.max_iter} evaluations a step)"
+        wolfe = ", strong-Wolfe line search" if self.line_search else ""
+        return f"L-BFGS {self.lr:g} (up to {self.max_iter} evaluations a step{wolfe})"
 
 
 def reconstruct(
@@ -270,7 +272,11 @@ def _run_trial(
         opt: torch.optim.Optimizer = _adam(variables, optimizer.lr)
     else:
         opt = torch.optim.LBFGS(
-            variables, lr=optimizer.lr, max_iter=optimizer.max_iter, history_size=optimizer.history_size
+            variables,
+            lr=optimizer.lr,
+            max_iter=optimizer.max_iter,
+            history_size=optimizer.history_size,
+            line_search_fn="strong_wolfe" if optimizer.line_search else None,
         )
     scheduler = None
     if isinstance(optimizer, Adam) and optimizer.decay:
