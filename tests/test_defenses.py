@@ -535,6 +535,10 @@ def test_describe_epsilon():
         ),
         (lambda: defenses.noise_multiplier_for(1.0, 0.01, 10, 1e-5, adjacency="other"), "adjacency must be"),
         (lambda: defenses.noise_multiplier_for(1.0, 1.5, 10, 1e-5, adjacency="add_remove"), r"q must lie in"),
+        (
+            lambda: defenses.noise_multiplier_for(1e-9, 1.0, 1, 1e-5, adjacency="add_remove"),
+            r"no noise multiplier up to 1e\+06 reaches epsilon 1e-09 .* ask for a larger epsilon or delta",
+        ),
         (lambda: defenses.poisson_sample(0, 0.5, _gen()), "population must be a positive integer"),
         (lambda: defenses.poisson_sample(10, 1.5, _gen()), r"q must lie in \(0, 1\]"),
     ],
