@@ -39,7 +39,7 @@ import torch
 # torchmetrics (about 3 s to import, most of it torchvision, which it imports) and scipy.optimize are
 # imported by the functions that use them, so that a chapter or a process that scores nothing does
 # not pay for them.
-from .storage import sha256_of, socket_timeout
+from .storage import download, sha256_of
 
 PSNR_CAP = 40.0
 PSNR_EXACT = 100.0  # an exact copy (PSNR inf in float32) counts as this in a plain mean
@@ -148,8 +148,9 @@ def load_lpips(
     """LPIPS (AlexNet) if its ImageNet backbone can be had, else a metric that says why not.
 
     Args:
-        allow_download: fetch the backbone (233 MB) when it is not cached; a socket
-            timeout makes this fail fast offline.
+        allow_download: fetch the backbone (233 MB) when it is not cached: each read under a
+            socket timeout (offline, this fails fast) and the whole under a deadline
+            (:func:`gi_tutorial.storage.download`), so a trickling network cannot stall a chapter.
         checkpoint_dir: folder of the cached ``alexnet-owt-7be5be79.pth``.
         verify_hash: check the file's sha256 prefix (``7be5be79``, part of its name).
 
@@ -161,11 +162,7 @@ def load_lpips(
         if not allow_download:
             return LPIPSMetric(None, f"LPIPS not computed: the AlexNet weights are not cached at {path}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with socket_timeout():
-                torch.hub.download_url_to_file(
-                    ALEXNET_URL, str(path), hash_prefix=path.stem.split("-")[-1], progress=False
-                )
+            download(ALEXNET_URL, path, sha256_prefix=path.stem.split("-")[-1])
         except Exception as err:
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             return LPIPSMetric(None, f"LPIPS not computed: the AlexNet weights could not be downloaded ({reason})")

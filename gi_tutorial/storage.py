@@ -7,6 +7,9 @@ results file imports nothing heavier than ``hashlib`` and ``json``:
   recorded beside them);
 - :func:`socket_timeout` bounds every download, so a dead network fails in seconds instead
   of hanging a notebook (urllib sets no timeout of its own);
+- :func:`download` fetches one file under that timeout and an overall deadline, so a network
+  that trickles (every read in time, the whole far too slow) also ends, with the file's
+  hash checked and nothing left half-written;
 - :func:`save_results` / :func:`load_results` write and read the per-run results of a long
   experiment (a sweep too slow for a chapter's budget) together with their provenance: the
   command that produced them, seeds, data, budgets, seconds, and the sha256 of the results.
@@ -20,11 +23,14 @@ import json
 import os
 import socket
 import sys
+import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-DOWNLOAD_TIMEOUT_S = 20.0
+DOWNLOAD_TIMEOUT_S = 20.0  # each socket operation
+DOWNLOAD_DEADLINE_S = 300.0  # a whole download (:func:`download`): 233 MB at 0.8 MB/s; seconds on Colab
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -46,6 +52,53 @@ def socket_timeout(seconds: float | None = None) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(old)
+
+
+def download(url: str, path: str | os.PathLike, *, sha256_prefix: str = "", deadline: float | None = None) -> Path:
+    """Fetch ``url`` to ``path``: each read under :data:`DOWNLOAD_TIMEOUT_S`, the whole under ``deadline``.
+
+    The bytes go to a temporary file beside ``path``, which is renamed into place only once the
+    download is complete and its sha256 starts with ``sha256_prefix``; on any failure it is
+    removed, so a later call never finds half a file.
+
+    Args:
+        deadline: seconds for the whole download (default :data:`DOWNLOAD_DEADLINE_S`).
+
+    Raises:
+        TimeoutError: the deadline passed (the message says how much had arrived), or a read timed out.
+        ValueError: the file's sha256 does not start with ``sha256_prefix``.
+        OSError: the network or the disk failed (``urllib.error.URLError`` is one).
+    """
+    from urllib.request import urlopen
+
+    path = Path(path)
+    limit = DOWNLOAD_DEADLINE_S if deadline is None else deadline
+    start = time.monotonic()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name + ".", suffix=".part", delete=False)
+    try:
+        digest, received = hashlib.sha256(), 0
+        with partial, urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+            size = response.headers.get("Content-Length")
+            for block in iter(lambda: response.read1(1 << 20), b""):  # what has arrived, up to 1 MB
+                partial.write(block)
+                digest.update(block)
+                received += len(block)
+                if time.monotonic() - start > limit:
+                    of = f" of {int(size) / 1e6:.1f} MB" if size else ""
+                    raise TimeoutError(
+                        f"gave up on {url} after {limit:g} s with {received / 1e6:.1f} MB{of} received "
+                        f"(storage.DOWNLOAD_DEADLINE_S)"
+                    )
+        if not digest.hexdigest().startswith(sha256_prefix):
+            raise ValueError(
+                f"{url} has sha256 {digest.hexdigest()[:16]}..., expected a digest starting with {sha256_prefix}"
+            )
+        os.replace(partial.name, path)
+    except BaseException:
+        Path(partial.name).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _canonical(payload: Any) -> bytes:

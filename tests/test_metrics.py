@@ -192,13 +192,17 @@ def test_lpips_without_weights_is_not_computed(tmp_path):
 
 
 def test_lpips_download_failure_is_reported(tmp_path, monkeypatch):
-    def offline(url, dst, hash_prefix=None, progress=True):
-        raise OSError("network is unreachable")
+    asked = []
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    def offline(url, path, sha256_prefix=""):
+        asked.append((url, path, sha256_prefix))
+        raise TimeoutError("gave up after 300 s with 12.0 MB of 244.4 MB received")
+
+    monkeypatch.setattr(metrics, "download", offline)  # storage.download: the deadline is tested in test_storage
     metric = metrics.load_lpips(allow_download=True, checkpoint_dir=tmp_path / "sub")
     assert not metric.available
-    assert "not computed" in metric.reason and "network is unreachable" in metric.reason
+    assert "not computed" in metric.reason and "gave up after 300 s" in metric.reason
+    assert asked == [(metrics.ALEXNET_URL, metrics.alexnet_checkpoint_path(tmp_path / "sub"), "7be5be79")]
 
 
 def test_alexnet_checkpoint_path(tmp_path):
