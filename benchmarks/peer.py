@@ -141,6 +141,7 @@ class Recipe:
 
 
 IG = dict(distance="cosine", signed=True, decay=True)  # the Inverting Gradients recipe (Geiping et al., 2020)
+TV_SCHEDULE = Phase(600, tv=1e-1, tv_end=1e-3, **IG)  # the first phase of the batch-1 polish recipes below
 RECIPES: dict[str, Recipe] = {
     # the fewest evaluations to breaching's batch-1 PSNR: plain Adam on the L2 distance, a constant larger step
     "fast": Recipe((Phase(150, lr=0.2, tv=1e-4),), (1, 4)),
@@ -166,21 +167,16 @@ RECIPES: dict[str, Recipe] = {
     # the truth (README, plateau probe) no longer limits: L-BFGS on the cosine distance, or signed Adam
     # at a tenth of the step
     "polish": Recipe(
-        (Phase(600, tv=1e-1, tv_end=1e-3, **IG), Phase(30, distance="cosine", optimizer="lbfgs", lr=1.0, box=False)),
+        (TV_SCHEDULE, Phase(30, distance="cosine", optimizer="lbfgs", lr=1.0, box=False)),
         (1,),
     ),
     # the same with a strong-Wolfe line search: from the truth plus noise (26 dB, image 17) it climbs where
     # signed Adam falls (peer_plateau.py --lbfgs)
     "polishwolfe": Recipe(
-        (
-            Phase(600, tv=1e-1, tv_end=1e-3, **IG),
-            Phase(100, distance="cosine", optimizer="lbfgs", lr=1.0, box=False, line_search=True),
-        ),
+        (TV_SCHEDULE, Phase(100, distance="cosine", optimizer="lbfgs", lr=1.0, box=False, line_search=True)),
         (1,),
     ),
-    "polishadam": Recipe(
-        (Phase(600, tv=1e-1, tv_end=1e-3, **IG), Phase(800, distance="cosine", signed=True, decay=True, lr=0.01)), (1,)
-    ),
+    "polishadam": Recipe((TV_SCHEDULE, Phase(800, distance="cosine", signed=True, decay=True, lr=0.01)), (1,)),
 }
 DEFAULT_RECIPES = "fast,ig,ig300,ig30,lbfgs,tv,lbfgs130"
 
